@@ -1,0 +1,34 @@
+"""The sslkit command line: a thin shell over sslkit.api, one module per command group."""
+
+import typer
+
+from sslkit import __version__
+from sslkit.cli import pretrain, probe
+
+app = typer.Typer(
+    name="sslkit",
+    help="Self-supervised pretraining, evaluation and inspection of image encoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(pretrain.app, name="pretrain")
+app.add_typer(probe.app, name="probe")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sslkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Self-supervised pretraining, evaluation and inspection of image encoders."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,72 @@
+"""What every command shares: option declarations, error handling and result output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sslkit import console
+from sslkit.errors import Interrupted, TrainingFailed, UsageError
+
+RUN = "Run"
+HW = "Hardware"
+OPT = "Optimisation"
+
+Device = Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.", rich_help_panel=HW)]
+Precision = Annotated[
+    Optional[str],
+    typer.Option(help="auto (bf16 on GPUs that support it, fp32 on CPU), bf16, fp16 or fp32.", rich_help_panel=HW),
+]
+Workers = Annotated[
+    Optional[int], typer.Option(help="Data-loading processes (default: CPU cores - 1, at most 8).", rich_help_panel=HW)
+]
+BatchSize = Annotated[Optional[int], typer.Option(help="Images per batch.", rich_help_panel=RUN)]
+ImgSize = Annotated[Optional[int], typer.Option(help="Input side in pixels.", rich_help_panel=RUN)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and results).")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+@contextmanager
+def handle_errors(quiet: bool = False):
+    """Known errors become one line on stderr and the exit code of DESIGN.md section 2, never a traceback."""
+    console.set_quiet(quiet)
+    try:
+        yield
+    except UsageError as error:
+        raise fail(str(error), 2) from None
+    except TrainingFailed as error:
+        raise fail(str(error), 1) from None
+    except Interrupted as error:
+        print(str(error), file=sys.stderr)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except Exception as error:
+        if os.environ.get("SSLKIT_DEBUG"):
+            raise
+        raise fail(f"{type(error).__name__}: {error} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
+
+
+def write_json(path: Path | None, results: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def examples(*lines: str) -> str:
+    """An epilog for --help: a few example command lines."""
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)

@@ -1,0 +1,188 @@
+"""Settings of every command as dataclasses, loaded from TOML/JSON files and dumped as the resolved config.
+
+Precedence, lowest first: dataclass defaults, the method's presets (filled where a field is None), a
+``--config`` file, then the options given on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sslkit.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("lars", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Engine settings shared by every training command. ``None`` means "the method's preset"."""
+
+    epochs: int = 100
+    batch_size: int = 256  # images per optimizer step (all accumulation steps together)
+    lr: float | None = None  # peak learning rate; None: the method's base lr x batch_size / 256
+    min_lr: float = 0.0
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
+    weight_decay_end: float | None = None  # None: constant weight decay
+    optimizer: str | None = None
+    momentum: float = 0.9  # SGD and LARS
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    clip_grad: float = 0.0  # global gradient-norm clipping; 0 disables
+    accum_steps: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    workers: int | None = None  # None: chosen for the machine
+    save_every: int = 1  # epochs
+    log_every: int = 10  # optimizer steps
+
+
+# Fields that may change when a run is resumed: they change how it runs, not what it computes.
+OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every"}
+
+
+@dataclass
+class BYOLConfig:
+    arch: str = "resnet50"
+    img_size: int = 224
+    projector_hidden_dim: int = 4096
+    projector_dim: int = 256
+    predictor_hidden_dim: int = 4096
+    tau_base: float | None = None  # None: the official preset for the run length
+
+
+@dataclass
+class PretrainConfig:
+    method: str
+    data: str
+    out: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: Any = None  # the method's own dataclass, e.g. BYOLConfig
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "data": self.data,
+            "out": self.out,
+            "train": dataclasses.asdict(self.train),
+            self.method: dataclasses.asdict(self.options),
+        }
+
+
+@dataclass
+class KNNConfig:
+    model: str
+    train: str
+    val: str
+    k: list[int] = field(default_factory=lambda: [20])
+    temperature: float = 0.07
+    img_size: int | None = None
+    batch_size: int = 256
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    checkpoint_key: str = "teacher"
+
+
+def field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def build(cls, values: dict[str, Any]):
+    """An instance of the dataclass ``cls`` from the entries of ``values`` that name its fields."""
+    names = field_names(cls)
+    chosen = {k: _coerce(cls, k, v) for k, v in values.items() if k in names}
+    return cls(**chosen)
+
+
+def _coerce(cls, name: str, value: Any) -> Any:
+    if name == "betas" and value is not None:
+        return tuple(float(b) for b in value)
+    return value
+
+
+def check_known(values: dict[str, Any], *classes) -> None:
+    known = set().union(*(field_names(c) for c in classes))
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Flat settings from a TOML or JSON file; a run's nested config.json is flattened."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = _toml_loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"cannot parse config file {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a table of settings")
+    return flatten(data)
+
+
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        elif key not in ("method", "data", "out"):
+            flat[key] = value
+    return flat
+
+
+def _toml_loads(text: str) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised only on Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not '{value}'")
+    return value
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "positive"
+        raise UsageError(f"--{name.replace('_', '-')} must be {bound}, not {value}")
+
+
+def validate_train(train: TrainConfig) -> None:
+    choice("device", train.device, DEVICES)
+    choice("precision", train.precision, PRECISIONS)
+    choice("optimizer", train.optimizer, OPTIMIZERS)
+    for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr"):
+        _positive(name, getattr(train, name))
+    for name in ("min_lr", "warmup_epochs", "weight_decay", "weight_decay_end", "clip_grad", "workers"):
+        _positive(name, getattr(train, name), allow_zero=True)
+
+
+def validate_knn(options: KNNConfig) -> None:
+    choice("device", options.device, DEVICES)
+    choice("precision", options.precision, PRECISIONS)
+    choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
+    for k in options.k:
+        _positive("k", k)
+    for name in ("temperature", "batch_size", "img_size"):
+        _positive(name, getattr(options, name))
+    _positive("workers", options.workers, allow_zero=True)

@@ -1,0 +1,61 @@
+"""Data loaders: a seeded, resumable training order and the worker settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochSampler(Sampler):
+    """A fresh permutation per epoch from ``(seed, epoch)``, yielding ``(index, sample_seed)`` pairs.
+
+    Each epoch holds ``num_samples`` items (a whole number of batches: drop_last). ``start`` skips the
+    items already trained on, for a mid-epoch resume. The per-sample seed fixes that sample's augmentation.
+    """
+
+    def __init__(self, dataset_size: int, num_samples: int, seed: int):
+        self.dataset_size, self.num_samples, self.seed = dataset_size, num_samples, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.dataset_size, generator=generator)[: self.num_samples].tolist()
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
+        for position in range(self.start, self.num_samples):
+            yield order[position], seeds[position]
+
+
+def default_workers() -> int:
+    """Leave a core to the training process; more than 8 workers rarely helps one GPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+def _worker_init(_: int) -> None:
+    # Ctrl-C goes to the whole process group; only the main process handles it (and writes a checkpoint)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, workers: int, device: torch.device, sampler=None, shuffle: bool = False
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,76 @@
+"""What a run shows and records: the rich progress line on stderr and metrics.jsonl in the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sslkit import console
+
+
+class ProgressDisplay:
+    """epoch, step, loss, lr, images/s and ETA, refreshed a few times a second; silent with --quiet."""
+
+    def __init__(self, total_steps: int, done_steps: int, epochs: int):
+        self.epochs = epochs
+        self.bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console.stderr,
+            disable=console.is_quiet(),
+        )
+        self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, epoch=f"?/{epochs}", stats="")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def advance(self, epoch: int) -> None:
+        self.bar.update(self.task, advance=1, epoch=f"{epoch + 1}/{self.epochs}")
+
+    def show(self, values: dict) -> None:
+        parts = [f"loss {values['loss']:.4f}", f"lr {values['lr']:.2e}", f"{values['img_per_s']:.0f} img/s"]
+        if values.get("data_wait", 0) > 0.2:
+            parts.append(f"data wait {values['data_wait']:.0%}")
+        self.bar.update(self.task, stats="  ".join(parts))
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step or epoch to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = time.time()
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({**record, "time": round(time.time() - self.start, 3)}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps beyond ``step`` (written after the checkpoint a resumed run starts from)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

@@ -1,0 +1,332 @@
+"""THE training loop: every training command (pretraining methods, probes, fine-tuning) runs through it.
+
+It knows nothing of BYOL or DINO: a method (sslkit.engine.method.Method) gives a loss per batch, its
+parameter groups, and per-step updates. The loop owns the device, mixed precision, accumulation, clipping,
+the lr / weight-decay schedules, checkpoints, resume, signals and the progress display.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sslkit import console
+from sslkit.config import TrainConfig
+from sslkit.data.loader import EpochSampler, default_workers, make_loader
+from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.method import Method, Progress
+from sslkit.engine.optim import build_optimizer
+from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
+from sslkit.engine.schedules import cosine, warmup_cosine
+from sslkit.errors import Interrupted, TrainingFailed, UsageError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """auto: bf16 on GPUs that support it, else fp16 on GPUs; fp32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            name = "fp32"
+        else:
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last log line; device tensors so the hot loop never syncs."""
+
+    loss: torch.Tensor
+    logs: dict
+    steps: int = 0
+    images: int = 0
+    data_wait: float = 0.0
+    start: float = 0.0
+
+
+class Trainer:
+    def __init__(self, method: Method, dataset, cfg: TrainConfig, out: Path, run_config: dict):
+        self.cfg, self.out, self.run_config = cfg, Path(out), run_config
+        self.device = resolve_device(cfg.device)
+        self.precision, self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        if cfg.batch_size % cfg.accum_steps:
+            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}")
+        self.steps_per_epoch = len(dataset) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UsageError(f"--batch-size {cfg.batch_size} is larger than the data set ({len(dataset)} images)")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.num_images = len(dataset)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")  # TF32 for any matmul left in fp32
+        self.method = method.to(self.device)
+        if method.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.workers = default_workers() if cfg.workers is None else cfg.workers
+        self.sampler = EpochSampler(len(dataset), self.steps_per_epoch * cfg.batch_size, cfg.seed)
+        micro_batch = cfg.batch_size // cfg.accum_steps
+        self.loader = make_loader(dataset, micro_batch, self.workers, self.device, sampler=self.sampler)
+        self.optimizer = build_optimizer(
+            cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
+        self.step = 0  # optimizer steps done
+        self.first_bad_step = torch.full((), -1, device=self.device)
+        self.checkpoint_path = self.out / "checkpoints" / "last.safetensors"
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore()
+            self.metrics.truncate_after(self.step)
+        _write_json(self.out / "config.json", self.run_config)
+        self._announce()
+        start_epoch = self.step // self.steps_per_epoch
+        with _stop_signals() as stop, ProgressDisplay(self.total_steps, self.step, self.cfg.epochs) as display:
+            for epoch in range(start_epoch, self.cfg.epochs):
+                done_in_epoch = self.step - epoch * self.steps_per_epoch
+                self.sampler.set_epoch(epoch, start=done_in_epoch * self.cfg.batch_size)
+                self._run_epoch(epoch, stop, display)
+                if (epoch + 1) % self.cfg.save_every == 0 or epoch + 1 == self.cfg.epochs:
+                    self._save()
+        return {"steps": self.step, "checkpoint": str(self.checkpoint_path)}
+
+    def _run_epoch(self, epoch: int, stop: dict, display: ProgressDisplay) -> None:
+        window = self._new_window()
+        epoch_loss, epoch_steps, epoch_start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        micro = 0
+        fetched = time.perf_counter()
+        for batch in self.loader:
+            window.data_wait += time.perf_counter() - fetched
+            out = self._forward_backward(to_device(batch, self.device))
+            window.loss += out.loss.detach() / self.cfg.accum_steps
+            for name, value in out.logs.items():
+                window.logs[name] = window.logs.get(name, 0) + value.detach() / self.cfg.accum_steps
+            window.images += _batch_size(batch)
+            micro += 1
+            if micro % self.cfg.accum_steps:
+                fetched = time.perf_counter()
+                continue
+            lr, weight_decay = self._optimizer_step()
+            updates = self.method.after_optimizer_step(
+                Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
+            )
+            self.step += 1
+            window.steps += 1
+            display.advance(epoch)
+            end_of_epoch = self.step % self.steps_per_epoch == 0
+            if self.step % self.cfg.log_every == 0 or end_of_epoch:
+                epoch_loss += window.loss
+                epoch_steps += window.steps
+                self._log(window, epoch, lr, weight_decay, updates, display)
+                window = self._new_window()
+            if stop["signal"] and not end_of_epoch:
+                self._save()
+                raise Interrupted(f"interrupted at step {self.step}; resume with --resume", 128 + stop["signal"])
+            fetched = time.perf_counter()
+        seconds = time.perf_counter() - epoch_start
+        loss = (epoch_loss / max(epoch_steps, 1)).item()
+        images = epoch_steps * self.cfg.batch_size
+        self.metrics.write({"epoch": epoch + 1, "step": self.step, "epoch_loss": loss, "img_per_s": images / seconds})
+        if stop["signal"]:
+            self._save()
+            raise Interrupted(f"interrupted after epoch {epoch + 1}; resume with --resume", 128 + stop["signal"])
+
+    def _forward_backward(self, batch):
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with autocast:
+            out = self._compiled_or_eager(batch)
+        loss = out.loss.float()
+        # remember the first optimizer step whose loss is not finite, without a host sync
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
+        self.scaler.scale(loss / self.cfg.accum_steps).backward()
+        return out
+
+    def _compiled_or_eager(self, batch):
+        if self.train_step is self.method.training_step:
+            return self.train_step(batch)
+        try:
+            return self.train_step(batch)
+        except Exception as error:  # torch.compile fails on some models / platforms: fall back, say so once
+            console.warn(f"torch.compile failed ({type(error).__name__}: {error}); continuing without --compile")
+            self.train_step = self.method.training_step
+            return self.train_step(batch)
+
+    def _optimizer_step(self) -> tuple[float, float]:
+        cfg = self.cfg
+        warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
+        lr = warmup_cosine(self.step, self.total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+        weight_decay = cfg.weight_decay
+        if cfg.weight_decay_end is not None:
+            weight_decay = cosine(self.step, self.total_steps, cfg.weight_decay, cfg.weight_decay_end)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["weight_decay"] = weight_decay * group.get("wd_scale", 1.0)
+        if cfg.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, weight_decay
+
+    # ---------------------------------------------------------------- logging
+    def _new_window(self) -> Window:
+        return Window(loss=torch.zeros((), device=self.device), logs={}, start=time.perf_counter())
+
+    def _log(self, window: Window, epoch: int, lr: float, weight_decay: float, updates: dict, display) -> None:
+        self._check_finite()  # the one host sync per log window
+        seconds = max(time.perf_counter() - window.start, 1e-9)
+        record = {
+            "step": self.step,
+            "epoch": epoch + 1,
+            "loss": (window.loss / window.steps).item(),
+            **{k: (v / window.steps).item() for k, v in window.logs.items()},
+            "lr": lr,
+            "weight_decay": weight_decay,
+            **updates,
+            "img_per_s": window.images / seconds,
+            "data_wait": window.data_wait / seconds,
+            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+        }
+        self.metrics.write(record)
+        display.show(record)
+
+    def _check_finite(self) -> None:
+        bad_step = int(self.first_bad_step.item())
+        if bad_step >= 0:
+            kept = f"the last good checkpoint {self.checkpoint_path} is intact" if self.checkpoint_path.exists() else "no checkpoint was written"
+            raise TrainingFailed(
+                f"the loss became NaN or infinite at step {bad_step + 1} (epoch {bad_step // self.steps_per_epoch + 1}); "
+                f"{kept}. Try a lower --lr, --clip-grad 1.0 or --precision fp32"
+            )
+
+    def _announce(self) -> None:
+        cfg = self.cfg
+        console.info(
+            f"{self.run_config['method']} | {self.num_images} images, {self.steps_per_epoch} steps/epoch x "
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}"
+            + (f" ({cfg.accum_steps} x {cfg.batch_size // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
+            + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:g} epochs"
+            + f" | {self.device.type} {self.precision}, {self.workers} workers"
+        )
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save(self) -> None:
+        self._check_finite()  # never overwrite a good checkpoint with a diverged state
+        tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
+        state = {
+            "optim": ckpt.pack(self.optimizer.state_dict(), "optim", tensors),
+            "scaler": ckpt.pack(self.scaler.state_dict(), "scaler", tensors),
+            "rng": ckpt.pack(_rng_state(), "rng", tensors),
+        }
+        metadata = {
+            "method": self.run_config["method"],
+            **self.method.checkpoint_metadata(),
+            "step": str(self.step),
+            "epoch": str(self.step // self.steps_per_epoch),
+            "steps_per_epoch": str(self.steps_per_epoch),
+            "config": json.dumps(self.run_config),
+            "state": ckpt.dumps(state),
+        }
+        ckpt.save_checkpoint(self.checkpoint_path, tensors, metadata)
+
+    def _restore(self) -> None:
+        if not self.checkpoint_path.exists():
+            raise UsageError(f"--resume: no checkpoint in {self.out} (looked for {self.checkpoint_path})")
+        metadata = ckpt.read_metadata(self.checkpoint_path)
+        if int(metadata.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
+            raise UsageError(
+                f"--resume: the run had {metadata['steps_per_epoch']} steps per epoch, this data and batch size "
+                f"give {self.steps_per_epoch}; resume with the same data set and --batch-size"
+            )
+        tensors = ckpt.read_tensors(self.checkpoint_path)
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.method.load_state_dict(model, strict=True)
+        state = json.loads(metadata["state"])
+        self.optimizer.load_state_dict(ckpt.unpack(state["optim"], tensors))
+        self.scaler.load_state_dict(ckpt.unpack(state["scaler"], tensors))
+        _set_rng_state(ckpt.unpack(state["rng"], tensors))
+        self.step = int(metadata["step"])
+        console.info(f"resuming from {self.checkpoint_path} at step {self.step}")
+
+
+def _batch_size(batch) -> int:
+    while isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    return int(batch.shape[0])
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _stop_signals():
+    """SIGINT / SIGTERM ask the loop to checkpoint and stop at the next step; a second Ctrl-C aborts at once."""
+    stop = {"signal": 0}
+    handled = (signal.SIGINT, signal.SIGTERM)
+
+    def handler(signum, frame):
+        if stop["signal"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        console.info("stopping: writing a checkpoint after this step (Ctrl-C again to abort without one)")
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in handled}
+    except ValueError:  # not the main thread (e.g. some notebooks): no signal handling
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

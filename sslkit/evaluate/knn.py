@@ -1,0 +1,44 @@
+"""Weighted k-NN classification of frozen features, DINO's protocol (Caron et al. 2021, eval_knn.py; Wu et al. 2018).
+
+Features are L2-normalised; each query's k most cosine-similar training samples vote for their class with
+weight ``exp(similarity / T)``. Queries are processed in chunks so the similarity matrix stays small.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def knn_classify(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    query_labels: torch.Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+    device: torch.device = torch.device("cpu"),
+    chunk_size: int = 1024,
+) -> dict[int, dict[str, float]]:
+    """Top-1 and top-5 accuracy (percent) of the weighted vote for each k in ``ks``."""
+    train_features = train_features.to(device)
+    train_labels = train_labels.to(device)
+    max_k = min(max(ks), len(train_features))
+    top_n = min(5, num_classes)
+    correct = {k: torch.zeros(2, dtype=torch.long, device=device) for k in ks}
+    for start in range(0, len(query_features), chunk_size):
+        queries = query_features[start : start + chunk_size].to(device)
+        labels = query_labels[start : start + chunk_size].to(device)
+        similarity, indices = (queries @ train_features.T).topk(max_k, dim=1)
+        neighbour_labels = train_labels[indices]
+        weights = (similarity / temperature).exp()
+        for k in ks:
+            k_used = min(k, max_k)
+            votes = torch.zeros(len(queries), num_classes, device=device)
+            votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
+            predictions = votes.topk(top_n, dim=1).indices
+            hits = predictions == labels[:, None]
+            correct[k] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
+    total = len(query_features)
+    return {k: {"top1": 100.0 * c[0].item() / total, "top5": 100.0 * c[1].item() / total} for k, c in correct.items()}

@@ -1,0 +1,19 @@
+"""The pretraining methods, by name: their settings class, preset resolution and module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from sslkit.config import BYOLConfig
+from sslkit.methods import byol
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    config: type
+    resolve: Callable  # (TrainConfig, options) -> (TrainConfig, options) with presets filled in
+    build: Callable  # options -> nn.Module following sslkit.engine.method.Method
+
+
+METHODS = {"byol": MethodSpec(BYOLConfig, byol.resolve, byol.BYOL)}

@@ -1,0 +1,67 @@
+"""Backbones: any timm model by name, never downloading weights, and the pooled features they give.
+
+Built with ``num_classes=0`` a timm model's forward returns the pooled embedding: the final-norm CLS token
+for ViTs, global average pooling for conv nets. Every evaluation takes its features from here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+
+import timm
+import torch
+from torch import nn
+
+from sslkit.errors import UsageError
+
+
+def create_backbone(arch: str, img_size: int | None = None, **kwargs) -> nn.Module:
+    """A randomly initialised timm model ``arch`` without classifier; ViTs are built for ``img_size``."""
+    if not timm.is_model(arch):
+        raise UsageError(f"unknown architecture '{arch}'{_suggest(arch)}")
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
+    except TypeError:
+        # conv nets take any input size and have no img_size argument
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+
+
+@lru_cache(maxsize=1)
+def _all_models() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def _suggest(arch: str) -> str:
+    close = difflib.get_close_matches(arch, _all_models(), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
+
+
+def is_vit(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed")
+
+
+def patch_size(model: nn.Module) -> int | None:
+    if not is_vit(model):
+        return None
+    size = model.patch_embed.patch_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def feature_dim(model: nn.Module) -> int:
+    return int(model.num_features)
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Conv nets run faster in NHWC with cuDNN; ViTs gain nothing from it."""
+    return not is_vit(model) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The backbone's pooled embedding of a normalised float batch."""
+    return model(images)

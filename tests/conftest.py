@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny generated image folders and tiny BYOL settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A BYOL small enough to train a few steps in about a second on one CPU core.
+TINY_BYOL = dict(
+    arch="test_resnet", img_size=32, projector_hidden_dim=64, projector_dim=32, predictor_hidden_dim=64,
+    batch_size=8, workers=0, device="cpu",
+)
+
+
+def make_folder(root, classes: int = 2, per_class: int = 12, size: int = 40, seed: int = 0, labelled: bool = True):
+    """Images whose class is obvious: class c is dominated by colour channel c, with noise and a random square."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class{c}" if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, size=(size, size, 3))
+            pixels[..., c % 3] += 160
+            x, y = rng.integers(0, size - 10, size=2)
+            pixels[y : y + 10, x : x + 10] = rng.integers(0, 255, size=3)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"c{c}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_folder(tmp_path / "images")

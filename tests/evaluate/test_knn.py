@@ -1,0 +1,39 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sslkit.evaluate.knn import knn_classify
+
+
+def test_knn_reaches_100_percent_on_a_trivially_separable_set():
+    torch.manual_seed(0)
+    centres = torch.eye(4, 16) * 10
+    train_labels = torch.arange(4).repeat_interleave(25)
+    val_labels = torch.arange(4).repeat_interleave(10)
+    train = F.normalize(centres[train_labels] + torch.randn(100, 16), dim=1)
+    val = F.normalize(centres[val_labels] + torch.randn(40, 16), dim=1)
+    results = knn_classify(train, train_labels, val, val_labels, [1, 20], 0.07, 4, chunk_size=7)
+    assert results == {1: {"top1": 100.0, "top5": 100.0}, 20: {"top1": 100.0, "top5": 100.0}}
+
+
+def test_votes_are_weighted_by_exp_similarity_over_temperature():
+    # one neighbour of class 0 at cos 1.0 against two of class 1 at cos 0.8:
+    # class 0 weighs e^(1/0.07) = 1.6e6, class 1 2 e^(0.8/0.07) = 1.8e5, so class 0 wins with k = 3
+    angle = math.acos(0.8)
+    train = torch.tensor([[1.0, 0.0], [math.cos(angle), math.sin(angle)], [math.cos(angle), -math.sin(angle)]])
+    train_labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[1.0, 0.0]])
+    assert knn_classify(train, train_labels, query, torch.tensor([0]), [3], 0.07, 2)[3]["top1"] == 100.0
+    # a high temperature makes the vote a count: two class-1 neighbours beat one class-0 neighbour
+    assert knn_classify(train, train_labels, query, torch.tensor([0]), [3], 100.0, 2)[3]["top1"] == 0.0
+
+
+def test_top5_counts_a_hit_among_the_five_best_classes():
+    train = torch.eye(6)
+    train_labels = torch.arange(6)
+    query = F.normalize(torch.tensor([[1.0, 0.9, 0.8, 0.7, 0.6, 0.0]]), dim=1)
+    results = knn_classify(train, train_labels, query, torch.tensor([4]), [6], 0.07, 6)[6]
+    assert results == {"top1": 0.0, "top5": 100.0}
+    results = knn_classify(train, train_labels, query, torch.tensor([5]), [6], 0.07, 6)[6]
+    assert results == {"top1": 0.0, "top5": 0.0}
