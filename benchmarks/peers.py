@@ -29,6 +29,7 @@ backbone's to FILE with ".momentum" before the suffix (x.momentum.safetensors).
 
 import argparse
 import copy
+import os
 import random
 import statistics
 import time
@@ -176,7 +177,8 @@ def main():
                 rates.append(rate)
                 t_win = now
                 print(f"epoch {epoch} step {step}: loss {losses[-1]:.4f} "
-                      f"m {momentum_val:.4f} {rate:.1f} images/s", flush=True)
+                      f"m {momentum_val:.4f} {rate:.1f} images/s "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
             if args.max_steps and step >= args.max_steps:
                 done = True
                 break

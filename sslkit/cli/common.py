@@ -26,9 +26,7 @@ Precision = Annotated[
 Workers = Annotated[
     Optional[int], typer.Option(help="Data-loading processes (default: CPU cores - 1, at most 8).", rich_help_panel=HW)
 ]
-BatchSize = Annotated[Optional[int], typer.Option(help="Images per batch.", rich_help_panel=RUN)]
-ImgSize = Annotated[Optional[int], typer.Option(help="Input side in pixels.", rich_help_panel=RUN)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and results).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (results still go to --json).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 
 

@@ -8,13 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from sslkit import api
-from sslkit.cli.common import HW, OPT, RUN, BatchSize, Device, ImgSize, Precision, Quiet, Workers, examples, handle_errors
+from sslkit.cli.common import HW, OPT, RUN, Device, Precision, Quiet, Workers, examples, handle_errors
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
 Data = Annotated[Path, typer.Argument(help="Folder of images (searched recursively; class sub-folders are ignored).")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.json, metrics.jsonl, checkpoints/.")]
 Arch = Annotated[Optional[str], typer.Option(help="Any timm model name, e.g. resnet18, resnet50, vit_small_patch16_224.", rich_help_panel=RUN)]
+ImgSize = Annotated[Optional[int], typer.Option(help="Side of the training crops in pixels (default 224).", rich_help_panel=RUN)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Images per optimizer step (default 256); the default lr scales with it.", rich_help_panel=RUN)]
 Epochs = Annotated[Optional[int], typer.Option(help="Passes over the data (default 100).", rich_help_panel=RUN)]
 Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's base lr x batch/256).", rich_help_panel=OPT)]
 MinLr = Annotated[Optional[float], typer.Option(help="Learning rate at the end of the cosine decay (default 0).", rich_help_panel=OPT)]
@@ -36,6 +38,14 @@ BYOL_PANEL = "BYOL"
 
 
 @app.command(
+    help=(
+        "BYOL (Grill et al. 2020): an online network predicts what an EMA target network makes of another view "
+        "of the same image.\n\n"
+        "Defaults follow the paper and DeepMind's code: ResNet-50 at 224 px, projector and predictor 4096-256, "
+        "LARS with lr 0.2 x batch/256 (0.45 for runs of up to 100 epochs), weight decay 1.5e-6 off biases and "
+        "BatchNorm, 10 warm-up epochs then cosine, target EMA momentum from tau_base to 1. For batches under "
+        "~256, --optimizer adamw (lr 1e-3 x batch/256, weight decay 1e-4) is the alternative."
+    ),
     epilog=examples(
         "sslkit pretrain byol photos/ --out runs/byol --arch resnet18 --img-size 64 --epochs 10 --batch-size 64",
         "sslkit pretrain byol photos/ --out runs/byol --resume",
@@ -73,13 +83,7 @@ def byol(
     log_every: LogEvery = None,
     quiet: Quiet = False,
 ):
-    """BYOL (Grill et al. 2020): an online network predicts an EMA target's projection of another view.
-
-    Defaults follow the paper and DeepMind's code: ResNet-50 at 224 px, projector and predictor 4096-256,
-    LARS with lr 0.2 x batch/256 (0.45 for runs up to 100 epochs), weight decay 1.5e-6 off biases and
-    BatchNorm, 10 warm-up epochs then cosine, target EMA from tau_base to 1. With batches under ~256 prefer
-    --optimizer adamw (lr 1e-3 x batch/256, weight decay 1e-4).
-    """
+    """BYOL (Grill et al. 2020): an online network predicts an EMA target's projection of another view."""
     settings = dict(
         arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr,
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, weight_decay_end=weight_decay_end,

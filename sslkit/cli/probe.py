@@ -9,15 +9,23 @@ import typer
 from rich.table import Table
 
 from sslkit import api, console
-from sslkit.cli.common import BatchSize, Device, ImgSize, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
+from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
 Model = Annotated[str, typer.Argument(help="A run directory, an sslkit .safetensors checkpoint, or timm:ARCH (random init).")]
+ImgSize = Annotated[Optional[int], typer.Option(help="Side of the centre crop (default: the model's training size; 224 for timm:).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256).")]
 Labelled = "Labelled folder: one sub-folder per class."
 
 
 @app.command(
+    help=(
+        "Weighted k-NN on frozen features (DINO's protocol): each val image is classified by its k most "
+        "cosine-similar train images, voting with weight exp(similarity / T).\n\n"
+        "Features are the backbone's pooled embedding (CLS token for ViTs, average pool for conv nets) of the "
+        "centre crop, L2-normalised. Images are resized to img-size x 256/224 and centre-cropped to img-size."
+    ),
     epilog=examples(
         "sslkit probe knn runs/byol --train data/train --val data/val",
         "sslkit probe knn timm:resnet18 --train data/train --val data/val --img-size 64 --k 10 --k 20 --json knn.json",
@@ -38,12 +46,7 @@ def knn(
     json_path: JsonOut = None,
     quiet: Quiet = False,
 ):
-    """Weighted k-NN on frozen features (DINO's protocol): cosine similarity, votes weighted exp(sim / T).
-
-    Features are the backbone's pooled embedding (CLS token for ViTs, average pool for conv nets) of the
-    centre crop, L2-normalised. Images are resized to img-size x 256/224 and centre-cropped to img-size
-    (default: the size the model was trained at; 224 for timm:).
-    """
+    """Weighted k-NN accuracy of frozen features."""
     with handle_errors(quiet):
         results = api.probe_knn(
             model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, img_size=img_size,

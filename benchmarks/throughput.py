@@ -1,0 +1,80 @@
+"""Training throughput of `sslkit pretrain`: images/s and peak memory of real training steps.
+
+    python benchmarks/throughput.py --method byol --arch resnet18 --img-size 64 --batch-size 64
+    python benchmarks/throughput.py --data ../shared/data/imagenette_96/train --steps 40 --repeats 3
+
+Each repeat is a fresh one-epoch run through the real engine (loader, workers, augmentation, optimizer, EMA)
+on `--steps` batches: images from `--data` (symlinked, first files in order) or generated noise JPEGs. The
+images/s of every `--log-every` window after the first (warm-up) are collected; the script prints their
+median per repeat and the median over repeats, with the peak memory (CUDA: allocated; CPU: main-process RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import sslkit
+from sslkit.data.folders import IMAGE_EXTENSIONS
+
+
+def prepare_images(folder: Path, count: int, source: Path | None, size: int) -> None:
+    folder.mkdir(parents=True)
+    if source is not None:
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:count]
+        if len(files) < count:
+            raise SystemExit(f"{source} has {len(files)} images, {count} needed")
+        for i, path in enumerate(files):
+            (folder / f"{i:06d}{path.suffix}").symlink_to(path.resolve())
+        return
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.jpg")
+
+
+def one_run(args, data: Path, out: Path) -> tuple[float, float]:
+    settings = dict(arch=args.arch, img_size=args.img_size, batch_size=args.batch_size, epochs=1,
+                    workers=args.workers, device=args.device, precision=args.precision, log_every=args.log_every,
+                    compile=args.compile, optimizer=args.optimizer)
+    sslkit.pretrain(args.method, data, out, **{k: v for k, v in settings.items() if v is not None})
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    windows = [r["img_per_s"] for r in records if "loss" in r][1:]
+    return statistics.median(windows), max(r["peak_mem_mb"] for r in records if "peak_mem_mb" in r)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="byol")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", type=Path, help="image folder to draw from (default: generated noise)")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--precision")
+    parser.add_argument("--optimizer")
+    parser.add_argument("--compile", action="store_true", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "images"
+        prepare_images(data, args.steps * args.batch_size, args.data, int(args.img_size * 1.5))
+        runs = [one_run(args, data, Path(tmp) / f"run{i}") for i in range(args.repeats)]
+    speeds = [speed for speed, _ in runs]
+    print(
+        f"{args.method} {args.arch} {args.img_size}px batch {args.batch_size}: "
+        f"median {statistics.median(speeds):.1f} images/s over {args.repeats} runs "
+        f"({', '.join(f'{s:.1f}' for s in speeds)}), peak memory {max(m for _, m in runs):.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

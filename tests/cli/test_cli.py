@@ -1,0 +1,97 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from sslkit.cli import app
+from tests.conftest import make_folder
+
+runner = CliRunner()
+TINY = ["--arch", "test_resnet", "--img-size", "32", "--batch-size", "8", "--workers", "0",
+        "--projector-hidden-dim", "64", "--projector-dim", "32", "--predictor-hidden-dim", "64"]
+
+
+def sslkit(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sslkit", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_help_lists_the_commands_and_every_command_shows_examples():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "pretrain" in result.output and "probe" in result.output
+    for command in (["pretrain", "byol"], ["probe", "knn"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Examples" in result.output and "sslkit " + " ".join(command) in result.output
+
+
+def test_pretrain_then_probe_knn_end_to_end(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, per_class=12)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "byol", str(data), "--out", str(run), "--epochs", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["byol"]["arch"] == "test_resnet" and config["train"]["optimizer"] == "lars"
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["epoch"] == 1 and records[-1]["step"] == 3
+
+    out = tmp_path / "knn.json"
+    result = runner.invoke(app, ["probe", "knn", str(run), "--train", str(data), "--val", str(data),
+                                 "--k", "1", "--k", "5", "--workers", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "top-1" in result.output
+    scores = json.loads(out.read_text())
+    assert set(scores["k"]) == {"1", "5"} and scores["num_train"] == 24 and scores["img_size"] == 32
+    assert scores["k"]["1"]["top1"] == 100.0  # every val image is its own nearest neighbour
+    assert scores["top1"] == scores["k"]["1"]["top1"]
+
+
+def test_probe_knn_of_random_init_baseline(tmp_path):
+    data = make_folder(tmp_path / "data", classes=3, per_class=8)
+    out = tmp_path / "knn.json"
+    result = runner.invoke(app, ["probe", "knn", "timm:test_resnet", "--train", str(data), "--val", str(data),
+                                 "--img-size", "32", "--workers", "0", "--quiet", "--json", str(out)])
+    assert result.exit_code == 0 and result.output == ""
+    scores = json.loads(out.read_text())
+    assert scores["description"] == "test_resnet, random init" and scores["num_classes"] == 3
+    assert 0 <= scores["top1"] <= scores["top5"] <= 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "byol", "{empty}", "--out", "{tmp}/run"], "error: no images in"),
+    (["pretrain", "byol", "{tmp}/nowhere", "--out", "{tmp}/run"], "error: folder not found"),
+    (["pretrain", "byol", "{data}", "--out", "{tmp}/run", "--arch", "resnet1000"], "error: unknown architecture"),
+    (["probe", "knn", "{tmp}/missing.safetensors", "--train", "{data}", "--val", "{data}"], "error: model not found"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    data = make_folder(tmp_path / "data", classes=2, per_class=2)
+    args = [a.format(tmp=tmp_path, empty=tmp_path / "empty", data=data) for a in args]
+    result = sslkit(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, per_class=40)
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sslkit", "pretrain", "byol", str(data), "--out", str(run), "--epochs", "50",
+         "--log-every", "1", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume with --resume" in stderr and "Traceback" not in stderr
+    result = sslkit("pretrain", "byol", data, "--out", run, "--resume", "--epochs", "1")
+    assert result.returncode == 2 and "epochs=1 (run has 50)" in result.stderr
