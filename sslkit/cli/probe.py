@@ -54,13 +54,18 @@ def knn(
         )
         write_json(json_path, results)
         if not quiet:
-            console.stdout.print(_table(results))
+            _show(results)
 
 
-def _table(results: dict) -> Table:
-    table = Table(title=f"k-NN: {results['description']}, {results['num_train']} train / {results['num_val']} val images, T={results['temperature']:g}")
+def _show(results: dict) -> None:
+    console.stdout.print(
+        f"k-NN of {results['description']}: {results['num_train']} train / {results['num_val']} val images, "
+        f"{results['num_classes']} classes, {results['img_size']} px, T = {results['temperature']:g}",
+        soft_wrap=True, markup=False,
+    )
+    table = Table()
     for column in ("k", "top-1 %", "top-5 %"):
         table.add_column(column, justify="right")
     for k, scores in results["k"].items():
         table.add_row(k, f"{scores['top1']:.2f}", f"{scores['top5']:.2f}")
-    return table
+    console.stdout.print(table)

@@ -1,30 +1,14 @@
 """View generators: the random augmentations each method trains on, and the evaluation transform.
 
-The CPU side works on uint8 (PIL, then uint8 tensors) and ships uint8 batches; :class:`Normalize` turns
-them into normalised floats on the training device, which moves 4x fewer bytes than float images.
+The CPU side works on uint8 (PIL, then uint8 tensors) and ships uint8 batches, 4x fewer bytes than float
+images; the model normalises them on its device (sslkit.models.backbones.Normalize).
 """
 
 from __future__ import annotations
 
-import torch
 import torchvision.transforms.v2 as v2
-from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = v2.InterpolationMode.BICUBIC
-
-
-class Normalize(nn.Module):
-    """uint8 images -> float, scaled to [0, 1] and standardised with the channel mean and std."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)), persistent=False)
-        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * self.scale - self.shift
 
 
 def blur_kernel_size(img_size: int) -> int:

@@ -11,8 +11,7 @@ from torch import nn
 
 from sslkit import console
 from sslkit.data.loader import make_loader
-from sslkit.data.views import Normalize
-from sslkit.models.backbones import prefers_channels_last
+from sslkit.models.backbones import FeatureExtractor
 
 
 @torch.no_grad()
@@ -26,20 +25,13 @@ def extract_features(
     label: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised fp32 features (on the CPU, N x D) and labels of every image of ``dataset``, in order."""
-    backbone = backbone.to(device).eval()
-    channels_last = prefers_channels_last(backbone)
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
-    normalize = Normalize().to(device)
+    extractor = FeatureExtractor(backbone).to(device)
     loader = make_loader(dataset, batch_size, workers, device, shuffle=False)
     features, labels, filled = None, torch.empty(len(dataset), dtype=torch.long), 0
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     with _bar(label, len(dataset)) as (bar, task), autocast:
         for images, targets in loader:
-            x = normalize(images.to(device, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            batch = F.normalize(backbone(x).float(), dim=1).cpu()
+            batch = F.normalize(extractor(images.to(device, non_blocking=True)), dim=1).cpu()
             if features is None:
                 features = torch.empty(len(dataset), batch.shape[1])
             features[filled : filled + len(batch)] = batch

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.config import BYOLConfig, TrainConfig
-from sslkit.data.views import Normalize, byol_views
+from sslkit.data.views import byol_views
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import decay_groups
 from sslkit.engine.schedules import cosine
-from sslkit.models.backbones import create_backbone, feature_dim, patch_size, prefers_channels_last
+from sslkit.models.backbones import Normalize, create_backbone, feature_dim, patch_size, prefers_channels_last
 from sslkit.models.heads import MLP
 
 # byol/configs/byol.py: presets by run length, epochs -> (base lr for LARS, weight decay, tau_base)
