@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from sslkit.api import pretrain, probe_knn  # noqa: E402
-
 __all__ = ["__version__", "pretrain", "probe_knn"]
+
+
+def __getattr__(name: str):
+    # torch and timm take seconds to import: load the API on first use, so `sslkit --help` stays instant
+    if name in ("pretrain", "probe_knn"):
+        from sslkit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sslkit' has no attribute '{name}'")

@@ -90,6 +90,7 @@ class KNNConfig:
     device: str = "auto"
     precision: str = "auto"
     checkpoint_key: str = "teacher"
+    seed: int = 0  # fixes the weights of a timm: random-init baseline
 
 
 def field_names(cls) -> set[str]:

@@ -38,6 +38,7 @@ def fail(message: str, code: int) -> typer.Exit:
 @contextmanager
 def handle_errors(quiet: bool = False):
     """Known errors become one line on stderr and the exit code of DESIGN.md section 2, never a traceback."""
+    was_quiet = console.is_quiet()
     console.set_quiet(quiet)
     try:
         yield
@@ -54,6 +55,8 @@ def handle_errors(quiet: bool = False):
         if os.environ.get("SSLKIT_DEBUG"):
             raise
         raise fail(f"{type(error).__name__}: {error} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
+    finally:
+        console.set_quiet(was_quiet)
 
 
 def write_json(path: Path | None, results: dict) -> None:

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit import api
 from sslkit.cli.common import HW, OPT, RUN, Device, Precision, Quiet, Workers, examples, handle_errors
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
@@ -93,6 +92,8 @@ def byol(
         compile=compile, seed=seed, save_every=save_every, log_every=log_every,
     )
     with handle_errors(quiet):
+        from sslkit import api  # imports torch: only once a command runs
+
         result = api.pretrain("byol", data, out, config=config, resume=resume, **settings)
         if not quiet:
             typer.echo(f"checkpoint: {result['checkpoint']}")

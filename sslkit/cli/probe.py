@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sslkit import api, console
+from sslkit import console
 from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
@@ -38,6 +38,7 @@ def knn(
     k: Annotated[Optional[list[int]], typer.Option("--k", "--nb-knn", help="Neighbours that vote (repeat to report several; default 20).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="T in the vote weight exp(cos / T) (default 0.07).")] = None,
     checkpoint_key: Annotated[Optional[str], typer.Option(help="teacher (the EMA network, default) or student (the online one).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the weights of a timm: random-init baseline (default 0).")] = None,
     img_size: ImgSize = None,
     batch_size: BatchSize = None,
     workers: Workers = None,
@@ -48,8 +49,10 @@ def knn(
 ):
     """Weighted k-NN accuracy of frozen features."""
     with handle_errors(quiet):
+        from sslkit import api  # imports torch: only once a command runs
+
         results = api.probe_knn(
-            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, img_size=img_size,
+            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, img_size=img_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision,
         )
         write_json(json_path, results)
