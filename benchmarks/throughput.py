@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --method byol --arch resnet18 --img-size 64 --batch-size 64
     python benchmarks/throughput.py --data ../shared/data/imagenette_96/train --steps 40 --repeats 3
+    python benchmarks/throughput.py --set projector_hidden_dim=1024 --set predictor_hidden_dim=1024
 
 Each repeat is a fresh one-epoch run through the real engine (loader, workers, augmentation, optimizer, EMA)
 on `--steps` batches: images from `--data` (symlinked, first files in order) or generated noise JPEGs. The
@@ -42,10 +43,19 @@ def one_run(args, data: Path, out: Path) -> tuple[float, float]:
     settings = dict(arch=args.arch, img_size=args.img_size, batch_size=args.batch_size, epochs=1,
                     workers=args.workers, device=args.device, precision=args.precision, log_every=args.log_every,
                     compile=args.compile, optimizer=args.optimizer)
+    settings.update(args.set)
     sslkit.pretrain(args.method, data, out, **{k: v for k, v in settings.items() if v is not None})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [r["img_per_s"] for r in records if "loss" in r][1:]
     return statistics.median(windows), max(r["peak_mem_mb"] for r in records if "peak_mem_mb" in r)
+
+
+def setting(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -63,6 +73,8 @@ def main() -> None:
     parser.add_argument("--precision")
     parser.add_argument("--optimizer")
     parser.add_argument("--compile", action="store_true", default=None)
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="any other pretrain setting, e.g. projector_hidden_dim=1024 (value read as JSON)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images"

@@ -187,3 +187,10 @@ def validate_knn(options: KNNConfig) -> None:
     for name in ("temperature", "batch_size", "img_size"):
         _positive(name, getattr(options, name))
     _positive("workers", options.workers, allow_zero=True)
+
+
+def validate_byol(options: BYOLConfig) -> None:
+    for name in ("img_size", "projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
+        _positive(name, getattr(options, name))
+    if options.tau_base is not None and not 0 <= options.tau_base <= 1:
+        raise UsageError(f"--tau-base must lie between 0 and 1, not {options.tau_base}")

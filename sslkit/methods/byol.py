@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.config import BYOLConfig, TrainConfig
+from sslkit.config import BYOLConfig, TrainConfig, validate_byol
 from sslkit.data.views import byol_views
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
@@ -41,7 +41,8 @@ def preset(epochs: int) -> tuple[float, float, float]:
 
 
 def resolve(train: TrainConfig, options: BYOLConfig) -> tuple[TrainConfig, BYOLConfig]:
-    """Fill every unset (None) setting from the official presets; see docs/byol.md for the table."""
+    """Fill every unset (None) setting from the official presets; see docs/pretrain-byol.md for the table."""
+    validate_byol(options)
     base_lr, weight_decay, tau_base = preset(train.epochs)
     optimizer = train.optimizer or "lars"
     if optimizer == "adamw":
