@@ -2,12 +2,12 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "pretrain", "probe_knn"]
+__all__ = ["__version__", "attention", "pretrain", "probe_knn"]
 
 
 def __getattr__(name: str):
     # torch and timm take seconds to import: load the API on first use, so `sslkit --help` stays instant
-    if name in ("pretrain", "probe_knn"):
+    if name in __all__[1:]:
         from sslkit import api
 
         return getattr(api, name)

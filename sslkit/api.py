@@ -15,7 +15,7 @@ import torch
 
 from sslkit import config as cfg
 from sslkit.config import KNNConfig, PretrainConfig, TrainConfig
-from sslkit.data.folders import ImageFolder
+from sslkit.data.folders import ImageFolder, images_under, load_rgb
 from sslkit.data.loader import default_workers
 from sslkit.data.views import eval_transform
 from sslkit.engine.checkpoint import load_backbone
@@ -24,6 +24,7 @@ from sslkit.errors import UsageError
 from sslkit.evaluate.features import extract_features
 from sslkit.evaluate.knn import knn_classify
 from sslkit.methods import METHODS
+from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
 
 
 def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Path | None = None,
@@ -44,11 +45,12 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
         values = _resume_settings(out, values)
     elif (out / "checkpoints" / "last.safetensors").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
-    train, options = spec.resolve(cfg.build(TrainConfig, values), cfg.build(spec.config, values))
+    dataset = ImageFolder(data)
+    train, options = spec.resolve(cfg.build(TrainConfig, values), cfg.build(spec.config, values), len(dataset))
     cfg.validate_train(train)
     _seed_everything(train.seed)
     model = spec.build(options)
-    dataset = ImageFolder(data, transform=model.train_transform)
+    dataset.transform = model.train_transform
     run_config = PretrainConfig(method, str(data), str(out), train, options).to_dict()
     return Trainer(model, dataset, train, out, run_config).fit(resume=resume)
 
@@ -122,3 +124,87 @@ def _to_train_classes(val_set: ImageFolder, train_set: ImageFolder) -> torch.Ten
         raise UsageError(f"validation classes missing from the training folder: {', '.join(unknown[:5])}")
     index = {name: i for i, name in enumerate(train_set.classes)}
     return torch.tensor([index[val_set.classes[y]] for y in val_set.labels])
+
+
+def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,
+              threshold: float | None = None, checkpoint_key: str = "teacher", arch: str | None = None,
+              device: str = "auto") -> dict:
+    """Last-block CLS self-attention maps of a ViT for each image (files, or folders searched recursively).
+
+    Writes, per image, ``out/<name>/``: ``img.png`` (the resized input), ``attn-head{j}.png``, ``attn-mean.png``,
+    ``overlay.png`` and with ``threshold`` ``mask-th{t}-head{j}.png`` / ``mask-th{t}-mean.png``; returns (and
+    writes to ``out/attention.json``) per image its size, patch grid and share of attention in the central region.
+    """
+    from sslkit.visualize import attention as viz
+
+    cfg.choice("device", device, cfg.DEVICES)
+    cfg.choice("checkpoint_key", checkpoint_key, ("teacher", "student"))
+    if img_size <= 0:
+        raise UsageError(f"--img-size must be positive, not {img_size}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise UsageError(f"--threshold must lie between 0 and 1, not {threshold}")
+    files = image_files(images)
+    loaded = load_backbone(str(model), checkpoint_key, arch=arch, dynamic=True)
+    if not is_vit(loaded.module):
+        raise UsageError(f"{model} is a {loaded.arch}, not a vision transformer: it has no attention maps")
+    torch_device = resolve_device(device)
+    extractor = FeatureExtractor(loaded.module).to(torch_device)
+    patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
+    out = Path(out)
+    results = []
+    for path, name in zip(files, unique_names(files)):
+        image = viz.prepare_image(load_rgb(path), img_size, patch)
+        grid = (image.shape[-2] // patch, image.shape[-1] // patch)
+        probs = viz.last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)))
+        maps = viz.cls_attention(probs, prefix, grid)[0].cpu()  # (heads, h, w)
+        mean = maps.mean(dim=0)
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = image.permute(1, 2, 0).numpy()
+        viz.save_png(pixels, folder / "img.png")
+        for head, values in enumerate(maps):
+            viz.save_png(viz.heat_map(values, patch), folder / f"attn-head{head}.png")
+        viz.save_png(viz.heat_map(mean, patch), folder / "attn-mean.png")
+        viz.save_png(viz.overlay(pixels, viz.heat_map(mean, patch)), folder / "overlay.png")
+        if threshold is not None:
+            masks = viz.threshold_mask(torch.cat([maps, mean[None]]), threshold)
+            for head, mask in enumerate(masks[:-1]):
+                viz.save_png(viz.masked(pixels, mask, patch), folder / f"mask-th{threshold:g}-head{head}.png")
+            viz.save_png(viz.masked(pixels, masks[-1], patch), folder / f"mask-th{threshold:g}-mean.png")
+        results.append({"image": str(path), "out": str(folder), "size": list(image.shape[-2:]), "grid": list(grid),
+                        "heads": len(maps), "central_mass": round(float(viz.central_mass(mean)), 4)})
+    summary = {
+        "model": str(model), "description": loaded.description, "img_size": img_size, "patch_size": patch,
+        "threshold": threshold, "images": results,
+        "mean_central_mass": round(sum(r["central_mass"] for r in results) / len(results), 4),
+    }
+    (out / "attention.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, in order) under named folders."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = images_under(item)
+            if not found:
+                raise UsageError(f"no images in {item}")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UsageError(f"image not found: {item}")
+    if not files:
+        raise UsageError("no images given")
+    return files
+
+
+def unique_names(files: list[Path]) -> list[str]:
+    """An output folder name per image: its file stem, numbered when stems repeat."""
+    names, seen = [], {}
+    for path in files:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}-{count + 1}")
+    return names

@@ -27,14 +27,15 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256  # images per optimizer step (all accumulation steps together)
     lr: float | None = None  # peak learning rate; None: the method's base lr x batch_size / 256
-    min_lr: float = 0.0
+    min_lr: float | None = None  # lr at the end of the cosine; None: the method's (0 for BYOL)
     warmup_epochs: float | None = None
     weight_decay: float | None = None
     weight_decay_end: float | None = None  # None: constant weight decay
     optimizer: str | None = None
     momentum: float = 0.9  # SGD and LARS
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
-    clip_grad: float = 0.0  # global gradient-norm clipping; 0 disables
+    clip_grad: float | None = None  # gradient-norm clipping; 0 disables; None: the method's
+    clip_per_param: bool | None = None  # clip each parameter's gradient norm separately (DINO), not the global one
     accum_steps: int = 1
     device: str = "auto"
     precision: str = "auto"
@@ -57,6 +58,31 @@ class BYOLConfig:
     projector_dim: int = 256
     predictor_hidden_dim: int = 4096
     tau_base: float | None = None  # None: the official preset for the run length
+
+
+@dataclass
+class DINOConfig:
+    """DINO's settings under their official names (facebookresearch/dino main_dino.py); None: the preset's."""
+
+    arch: str = "vit_small_patch16_224"
+    img_size: int = 224  # global crops; local crops are scaled with it (96 px at 224)
+    preset: str = "auto"  # auto: scaled to the data set and run length; imagenet: the official values
+    out_dim: int | None = None
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    momentum_teacher: float | None = None
+    teacher_temp: float | None = None
+    warmup_teacher_temp: float | None = None
+    warmup_teacher_temp_epochs: int | None = None
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    freeze_last_layer: int = 1  # epochs
+    drop_path_rate: float = 0.1  # student ViT only
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    local_crop_size: int | None = None  # None: img_size x 96/224, a multiple of 16
 
 
 @dataclass
@@ -105,7 +131,7 @@ def build(cls, values: dict[str, Any]):
 
 
 def _coerce(cls, name: str, value: Any) -> Any:
-    if name == "betas" and value is not None:
+    if name in ("betas", "global_crops_scale", "local_crops_scale") and value is not None:
         return tuple(float(b) for b in value)
     return value
 
@@ -194,3 +220,20 @@ def validate_byol(options: BYOLConfig) -> None:
         _positive(name, getattr(options, name))
     if options.tau_base is not None and not 0 <= options.tau_base <= 1:
         raise UsageError(f"--tau-base must lie between 0 and 1, not {options.tau_base}")
+
+
+def validate_dino(options: DINOConfig) -> None:
+    choice("preset", options.preset, ("auto", "imagenet"))
+    for name in ("img_size", "out_dim", "hidden_dim", "bottleneck_dim", "teacher_temp", "warmup_teacher_temp",
+                 "student_temp", "local_crop_size"):
+        _positive(name, getattr(options, name))
+    for name in ("warmup_teacher_temp_epochs", "freeze_last_layer", "local_crops_number", "drop_path_rate"):
+        _positive(name, getattr(options, name), allow_zero=True)
+    for name in ("momentum_teacher", "center_momentum"):
+        value = getattr(options, name)
+        if value is not None and not 0 <= value <= 1:
+            raise UsageError(f"--{name.replace('_', '-')} must lie between 0 and 1, not {value}")
+    for name in ("global_crops_scale", "local_crops_scale"):
+        low, high = getattr(options, name)
+        if not 0 < low <= high <= 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be two numbers with 0 < MIN <= MAX <= 1")

@@ -1,9 +1,11 @@
 """The sslkit command line: a thin shell over sslkit.api, one module per command group."""
 
+import sys
+
 import typer
 
 from sslkit import __version__
-from sslkit.cli import pretrain, probe
+from sslkit.cli import attention, pretrain, probe
 
 app = typer.Typer(
     name="sslkit",
@@ -15,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(pretrain.app, name="pretrain")
 app.add_typer(probe.app, name="probe")
+app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(attention.attention)
 
 
 def _version(value: bool) -> None:
@@ -30,5 +33,17 @@ def _root(
     """Self-supervised pretraining, evaluation and inspection of image encoders."""
 
 
+def dashed(args: list[str]) -> list[str]:
+    """``--out_dim 1024`` -> ``--out-dim 1024``: the official DINO / MAE scripts' spelling pastes unchanged."""
+    return [_dashed(arg) for arg in args]
+
+
+def _dashed(arg: str) -> str:
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("_", "-") + sep + value
+
+
 def main() -> None:
-    app()
+    app(args=dashed(sys.argv[1:]), prog_name="sslkit")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.cli.common import HW, OPT, RUN, Device, Precision, Quiet, Workers, examples, handle_errors
+from sslkit.cli.common import HW, OPT, RUN, Device, Precision, Quiet, Workers, examples, handle_errors, parse_bool
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
@@ -24,7 +24,7 @@ WeightDecay = Annotated[Optional[float], typer.Option(help="Weight decay on weig
 WeightDecayEnd = Annotated[Optional[float], typer.Option(help="Weight decay at the end of a cosine schedule (default: constant).", rich_help_panel=OPT)]
 Optimizer = Annotated[Optional[str], typer.Option(help="lars, adamw or sgd (default: the method's).", rich_help_panel=OPT)]
 Momentum = Annotated[Optional[float], typer.Option(help="Momentum of SGD and LARS (default 0.9).", rich_help_panel=OPT)]
-ClipGrad = Annotated[Optional[float], typer.Option(help="Clip the global gradient norm to this (default 0: off).", rich_help_panel=OPT)]
+ClipGrad = Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: off; default: the method's).", rich_help_panel=OPT)]
 AccumSteps = Annotated[Optional[int], typer.Option(help="Split each batch into this many passes (same result, less memory).", rich_help_panel=OPT)]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (faster on GPU after a slow first step).", rich_help_panel=HW)]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of weights, data order and augmentation (default 0).", rich_help_panel=RUN)]
@@ -91,9 +91,97 @@ def byol(
         predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers,
         compile=compile, seed=seed, save_every=save_every, log_every=log_every,
     )
+    _run("byol", data, out, config, resume, quiet, settings)
+
+
+def _run(method: str, data: Path, out: Path, config: Optional[Path], resume: bool, quiet: bool, settings: dict) -> None:
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        result = api.pretrain("byol", data, out, config=config, resume=resume, **settings)
+        result = api.pretrain(method, data, out, config=config, resume=resume, **settings)
         if not quiet:
             typer.echo(f"checkpoint: {result['checkpoint']}")
+
+
+DINO_PANEL = "DINO"
+CROPS = "Multi-crop"
+
+
+def _dino_option(help: str, panel: str = DINO_PANEL):
+    return typer.Option(help=help, rich_help_panel=panel)
+
+
+@app.command(
+    help=(
+        "DINO (Caron et al. 2021): a student matches, across multi-crop views, the sharpened and centred output of "
+        "an EMA teacher.\n\n"
+        "Defaults follow facebookresearch/dino: ViT-S/16 at 224 px, head 2048-2048-256 then out_dim prototypes, "
+        "AdamW lr 5e-4 x batch/256 (cosine to 1e-6), weight decay 0.04 -> 0.4, per-parameter gradient clip 3.0, "
+        "2 global crops (0.4-1) and 8 local crops (0.05-0.4) at 96/224 of --img-size, last layer frozen for the "
+        "first epoch, drop path 0.1. --preset auto (the default) scales out_dim, teacher momentum, teacher "
+        "temperature and warm-up to the data set and run length and prints its choice; --preset imagenet keeps the "
+        "official values. Options also accept main_dino.py's spelling (--out_dim 65536)."
+    ),
+    epilog=examples(
+        "sslkit pretrain dino photos/ --out runs/dino --arch vit_tiny_patch16_224 --img-size 64 --epochs 10 --batch-size 64",
+        "sslkit pretrain dino photos/ --out runs/dino-r18 --arch resnet18 --img-size 64 --local-crops-number 6",
+        "sslkit pretrain dino /data/imagenet/train --out runs/vits16 --preset imagenet --teacher-temp 0.07 "
+        "--warmup-teacher-temp-epochs 30 --norm-last-layer false --batch-size 1024 --accum-steps 4",
+    ),
+)
+def dino(
+    data: Data,
+    out: Out,
+    arch: Arch = None,
+    img_size: ImgSize = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    min_lr: Annotated[Optional[float], typer.Option(help="Learning rate at the end of the cosine (default 1e-6).", rich_help_panel=OPT)] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Epochs of linear lr warm-up (default 10; auto: a tenth of runs under 100 epochs).", rich_help_panel=OPT)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay at the start of its cosine (default 0.04); never on biases and norms.", rich_help_panel=OPT)] = None,
+    weight_decay_end: Annotated[Optional[float], typer.Option(help="Weight decay at the end (default 0.4).", rich_help_panel=OPT)] = None,
+    optimizer: Optimizer = None,
+    momentum: Momentum = None,
+    clip_grad: ClipGrad = None,
+    accum_steps: AccumSteps = None,
+    preset: Annotated[Optional[str], _dino_option(help="auto (default): out_dim, teacher momentum and temperature, warm-up scaled to the data and run; imagenet: the official values. Explicit options always win.")] = None,
+    out_dim: Annotated[Optional[int], _dino_option(help="Prototypes K (official 65536; auto: images/16 between 1024 and 65536). Lower it if the teacher output is near-uniform.")] = None,
+    norm_last_layer: Annotated[Optional[str], _dino_option(help="true (default): keep the last layer's weight-norm gain at 1, more stable; false: train it, better for ViT-S but can be unstable.")] = None,
+    momentum_teacher: Annotated[Optional[float], _dino_option(help="Teacher EMA momentum at the start, cosine to 1 (official 0.996; auto: 1 - 8/steps, 0.96-0.996). Lower it if the loss stalls.")] = None,
+    teacher_temp: Annotated[Optional[float], _dino_option(help="Teacher temperature after warm-up (0.04; 0.07 for long runs; above 0.07 is unstable).")] = None,
+    warmup_teacher_temp: Annotated[Optional[float], _dino_option(help="Teacher temperature at epoch 0 (0.04). Lower it (0.02) if the teacher collapses to uniform.")] = None,
+    warmup_teacher_temp_epochs: Annotated[Optional[int], _dino_option(help="Epochs of linear teacher-temperature warm-up (0; 30 in the README's long runs).")] = None,
+    freeze_last_layer: Annotated[Optional[int], _dino_option(help="Epochs during which the last layer gets no update (1). Raise it if the loss does not fall.")] = None,
+    drop_path_rate: Annotated[Optional[float], _dino_option(help="Stochastic depth of the student ViT (0.1).")] = None,
+    global_crops_scale: Annotated[Optional[tuple[float, float]], _dino_option(help="Area range of the 2 global crops (0.4 1).", panel=CROPS)] = None,
+    local_crops_number: Annotated[Optional[int], _dino_option(help="Local crops per image (8; 0 disables multi-crop).", panel=CROPS)] = None,
+    local_crops_scale: Annotated[Optional[tuple[float, float]], _dino_option(help="Area range of the local crops (0.05 0.4).", panel=CROPS)] = None,
+    local_crop_size: Annotated[Optional[int], _dino_option(help="Side of the local crops (default: --img-size x 96/224 rounded to 16; 32 at 64 px).", panel=CROPS)] = None,
+    device: Device = None,
+    precision: Precision = None,
+    workers: Workers = None,
+    compile: Compile = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    config: Config = None,
+    save_every: SaveEvery = None,
+    log_every: LogEvery = None,
+    quiet: Quiet = False,
+):
+    """DINO (Caron et al. 2021): self-distillation of an EMA teacher into a student across multi-crop views."""
+    settings = dict(
+        arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr,
+        warmup_epochs=warmup_epochs, weight_decay=weight_decay, weight_decay_end=weight_decay_end,
+        optimizer=optimizer, momentum=momentum, clip_grad=clip_grad, accum_steps=accum_steps, preset=preset,
+        out_dim=out_dim, momentum_teacher=momentum_teacher, teacher_temp=teacher_temp,
+        warmup_teacher_temp=warmup_teacher_temp, warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+        freeze_last_layer=freeze_last_layer, drop_path_rate=drop_path_rate, global_crops_scale=global_crops_scale,
+        local_crops_number=local_crops_number, local_crops_scale=local_crops_scale, local_crop_size=local_crop_size,
+        device=device, precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every,
+        log_every=log_every,
+    )
+    with handle_errors(quiet):
+        if norm_last_layer is not None:
+            settings["norm_last_layer"] = parse_bool("norm-last-layer", norm_last_layer)
+    _run("dino", data, out, config, resume, quiet, settings)

@@ -78,13 +78,13 @@ def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]
     if not root.is_dir():
         raise UsageError(f"not a folder: {root}")
     if not labelled:
-        files = _images_under(root)
+        files = images_under(root)
         if not files:
             raise UsageError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files, [-1] * len(files), []
     files, labels, classes = [], [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        found = _images_under(class_dir)
+        found = images_under(class_dir)
         if found:
             labels += [len(classes)] * len(found)
             classes.append(class_dir.name)
@@ -94,7 +94,7 @@ def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]
     return files, labels, classes
 
 
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
     found = []
     for directory, subdirs, names in os.walk(folder, followlinks=True):
         subdirs.sort()

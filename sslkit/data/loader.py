@@ -58,4 +58,7 @@ def make_loader(
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
+        # each new iterator draws a base seed; from its own generator it leaves the global RNG (drop path,
+        # masking) untouched, so a run resumed mid-epoch draws the same random numbers as an uninterrupted one
+        generator=torch.Generator().manual_seed(0),
     )

@@ -17,25 +17,33 @@ def blur_kernel_size(img_size: int) -> int:
     return size if size % 2 else size + 1
 
 
-def byol_view(img_size: int, blur_p: float, solarize_p: float) -> v2.Compose:
-    """One of BYOL's two view distributions (Grill et al. 2020, Table 6).
+def augmented_view(
+    size: int, scale: tuple[float, float], blur_p: float, solarize_p: float, resolution: float | None = None
+) -> v2.Compose:
+    """BYOL's and DINO's view: random resized crop, flip, colour jitter, grayscale, blur, solarize.
 
-    The blur's sigma range (0.1, 2.0) px is defined at 224 px; it scales with ``img_size`` like the
-    kernel, so small images are blurred as much relative to their size as ImageNet images are.
+    The blur's sigma range (0.1, 2.0) px and kernel (23 px) are defined at ImageNet resolution; they scale
+    with ``resolution`` (image side / 224, default ``size / 224``), so small images are blurred as much
+    relative to their content as ImageNet images are. DINO's local crops pass the global crops' resolution.
     """
-    sigma_scale = img_size / 224
+    resolution = size / 224 if resolution is None else resolution
     return v2.Compose(
         [
-            v2.RandomResizedCrop(img_size, scale=(0.08, 1.0), interpolation=BICUBIC, antialias=True),
+            v2.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC, antialias=True),
             v2.RandomHorizontalFlip(),
             # colour ops are cheaper on PIL images; the rest is done on uint8 tensors
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             v2.RandomGrayscale(p=0.2),
             v2.PILToTensor(),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(img_size), (0.1 * sigma_scale, 2.0 * sigma_scale))], p=blur_p),
+            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(224 * resolution), (0.1 * resolution, 2.0 * resolution))], p=blur_p),
             v2.RandomSolarize(threshold=128, p=solarize_p),
         ]
     )
+
+
+def byol_view(img_size: int, blur_p: float, solarize_p: float) -> v2.Compose:
+    """One of BYOL's two view distributions (Grill et al. 2020, Table 6)."""
+    return augmented_view(img_size, (0.08, 1.0), blur_p, solarize_p)
 
 
 class TwoViews:
@@ -51,6 +59,31 @@ class TwoViews:
 def byol_views(img_size: int) -> TwoViews:
     """T: blur always, never solarize; T': blur with p 0.1, solarize with p 0.2."""
     return TwoViews(byol_view(img_size, blur_p=1.0, solarize_p=0.0), byol_view(img_size, blur_p=0.1, solarize_p=0.2))
+
+
+def local_crop_size(img_size: int) -> int:
+    """DINO's 96 px local crops at 224 px, scaled with the global size to a multiple of 16 (patch-friendly)."""
+    return max(16, 16 * round(img_size * 96 / 224 / 16))
+
+
+class MultiCrop:
+    """DINO's multi-crop (Caron et al. 2021): 2 global crops then ``local_number`` local crops, as uint8 tensors.
+
+    Global 1 is always blurred; global 2 is blurred with p 0.1 and solarized with p 0.2; local crops are
+    blurred with p 0.5. Global crops come first: the teacher sees only them.
+    """
+
+    def __init__(self, img_size: int, global_scale: tuple[float, float], local_number: int,
+                 local_scale: tuple[float, float], local_size: int | None = None):
+        resolution = img_size / 224
+        self.local_size = local_size or local_crop_size(img_size)
+        self.global1 = augmented_view(img_size, global_scale, blur_p=1.0, solarize_p=0.0)
+        self.global2 = augmented_view(img_size, global_scale, blur_p=0.1, solarize_p=0.2)
+        self.local = augmented_view(self.local_size, local_scale, blur_p=0.5, solarize_p=0.0, resolution=resolution)
+        self.local_number = local_number
+
+    def __call__(self, image) -> list:
+        return [self.global1(image), self.global2(image), *(self.local(image) for _ in range(self.local_number))]
 
 
 def eval_transform(img_size: int) -> v2.Compose:

@@ -8,11 +8,13 @@ RNG) travel as a JSON skeleton in the metadata. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -131,38 +133,119 @@ class LoadedBackbone:
     description: str
 
 
-def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | None = None) -> LoadedBackbone:
-    """The backbone that ``MODEL`` names: a run directory, an sslkit ``.safetensors`` or ``timm:ARCH``.
+FOREIGN_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
+
+
+def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | None = None, *,
+                  arch: str | None = None, dynamic: bool = False) -> LoadedBackbone:
+    """The backbone that ``MODEL`` names: a run directory, an sslkit ``.safetensors``, an official DINO / MAE
+    ``.pth`` or ``timm:ARCH``.
 
     ``checkpoint_key`` picks the EMA teacher / target ("teacher") or the online student ("student") of
-    methods that train both. ``img_size`` (default: the size the model was trained at) resizes a ViT's
-    position embedding.
+    methods that train both. ``img_size`` (default: the size the model was trained at; 224 for ``timm:`` and
+    ``.pth``) resizes a ViT's position embedding; with ``dynamic`` a ViT takes any input size (its position
+    embedding resampled per call). ``arch`` names the timm model of a ``.pth`` file (inferred for ViTs).
     """
+    vit_options = {"dynamic_img_size": True} if dynamic else {}
     if spec.startswith("timm:"):
         arch = spec[len("timm:"):]
         size = img_size or 224
-        return LoadedBackbone(create_backbone(arch, size), arch, size, f"{arch}, random init")
+        return LoadedBackbone(create_backbone(arch, size, **vit_options), arch, size, f"{arch}, random init")
     path = Path(spec)
     if path.is_dir():
         path = path / "checkpoints" / "last.safetensors"
         if not path.is_file():
             raise UsageError(f"{spec} is a folder without checkpoints/last.safetensors (not an sslkit run)")
     elif not path.exists():
-        raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors checkpoint or timm:ARCH)")
-    elif path.suffix != ".safetensors":
-        raise UsageError(f"{spec}: only sslkit .safetensors checkpoints, run directories and timm:ARCH are accepted")
+        raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors or .pth file, or timm:ARCH)")
+    if path.suffix in FOREIGN_SUFFIXES:
+        return _load_foreign(path, checkpoint_key, img_size, arch, vit_options)
+    if path.suffix != ".safetensors":
+        raise UsageError(f"{spec}: expected a run directory, an sslkit .safetensors, a .pth file or timm:ARCH")
     metadata = read_metadata(path)
     prefixes = json.loads(metadata.get("backbones", "{}"))
     if checkpoint_key not in prefixes:
         raise UsageError(f"{path} has no '{checkpoint_key}' backbone; it has: {', '.join(prefixes) or 'none'}")
     arch, trained_size = metadata["arch"], int(metadata["img_size"])
-    module = create_backbone(arch, trained_size)
+    module = create_backbone(arch, trained_size, **vit_options)
     state = read_tensors(path, f"model.{prefixes[checkpoint_key]}.")
     _load_strict(module, state, path)
-    if img_size and img_size != trained_size and is_vit(module):
+    if img_size and img_size != trained_size and is_vit(module) and not dynamic:
         module.set_input_size(img_size=img_size)  # resamples the position embedding
     description = f"{metadata['method']} {arch} ({checkpoint_key}), step {metadata.get('step', '?')}"
     return LoadedBackbone(module, arch, img_size or trained_size, description)
+
+
+def _load_foreign(path: Path, checkpoint_key: str, img_size: int | None, arch: str | None,
+                  vit_options: dict) -> LoadedBackbone:
+    """An official DINO / MAE checkpoint: a backbone state dict in timm names, or a dict holding one."""
+    state = backbone_state(read_torch_file(path), checkpoint_key, path)
+    arch = arch or infer_vit_arch(state, path)
+    native = native_img_size(state)
+    module = create_backbone(arch, native, **vit_options)
+    _load_strict(module, state, path)
+    if img_size and img_size != native and is_vit(module) and not vit_options:
+        module.set_input_size(img_size=img_size)
+    return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})")
+
+
+def native_img_size(state: dict[str, torch.Tensor]) -> int:
+    """The image side a ViT state dict's position embedding was made for (224 for conv nets)."""
+    if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
+        return 224
+    prefix = int("cls_token" in state) + (state["reg_token"].shape[1] if "reg_token" in state else 0)
+    side = math.isqrt(state["pos_embed"].shape[1] - prefix)
+    return side * state["patch_embed.proj.weight"].shape[-1]
+
+
+def read_torch_file(path: Path) -> dict:
+    """A ``torch.save`` file, never unpickling arbitrary objects: tensors and containers only, plus the
+    ``argparse.Namespace`` that DINO's and MAE's full checkpoints hold under ``args``."""
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors name the refused class; anything else is an unreadable file
+        raise UsageError(f"cannot read {path} as a weights-only PyTorch file ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} does not hold a state dict")
+    return data
+
+
+def backbone_state(data: dict, checkpoint_key: str, path: Path) -> dict[str, torch.Tensor]:
+    """The backbone's tensors: from the ``teacher`` / ``student`` / ``model`` / ``state_dict`` entry when the file
+    has one, with DDP's ``module.`` and DINO's ``backbone.`` prefixes stripped and heads / decoders dropped."""
+    for key in (checkpoint_key, "model", "state_dict"):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    state = {}
+    for name, value in data.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in ("module.", "backbone."):
+            name = name.removeprefix(prefix)
+        if name.startswith(("head.", "decoder", "mask_token", "fc.", "fc_norm.")):
+            continue  # projection heads, MAE's decoder, classifiers: not part of the backbone
+        state[name] = value
+    if not state:
+        raise UsageError(f"{path} holds no tensors under '{checkpoint_key}', 'model' or 'state_dict'")
+    return state
+
+
+VIT_WIDTHS = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
+
+
+def infer_vit_arch(state: dict[str, torch.Tensor], path: Path) -> str:
+    """The timm name of the ViT a state dict fits (DINO and MAE release ViT-S/B/L with patch 8, 14 or 16)."""
+    weight = state.get("patch_embed.proj.weight")
+    if weight is None or weight.shape[0] not in VIT_WIDTHS:
+        raise UsageError(f"cannot tell the architecture of {path}; name it with --arch (a timm model name)")
+    arch = f"vit_{VIT_WIDTHS[weight.shape[0]]}_patch{weight.shape[-1]}_224"
+    if not timm.is_model(arch):
+        raise UsageError(f"{path} looks like {arch}, which timm does not have; name the model with --arch")
+    return arch
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

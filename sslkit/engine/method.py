@@ -17,7 +17,7 @@ class StepOutput:
 
 @dataclass
 class Progress:
-    step: int  # index of the optimizer step just taken, from 0
+    step: int  # index of the current optimizer step, from 0
     total_steps: int
     epoch: int
     steps_per_epoch: int
@@ -30,6 +30,12 @@ class Method(Protocol):
 
     def training_step(self, batch: Any) -> StepOutput:
         """Loss of one (micro-)batch already on the device (uint8 images, labels)."""
+
+    def start_step(self, progress: Progress) -> None:
+        """Before the forward passes of an optimizer step (per-epoch schedules such as DINO's teacher temperature)."""
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        """After backward and clipping, before the optimizer (e.g. drop the gradients of a frozen layer)."""
 
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
         """Per-step updates after the optimizer (EMA teachers, centres); returns values to log."""

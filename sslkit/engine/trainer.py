@@ -126,6 +126,9 @@ class Trainer:
         fetched = time.perf_counter()
         for batch in self.loader:
             window.data_wait += time.perf_counter() - fetched
+            progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
+            if micro % self.cfg.accum_steps == 0:
+                self.method.start_step(progress)
             out = self._forward_backward(to_device(batch, self.device))
             window.loss += out.loss.detach() / self.cfg.accum_steps
             for name, value in out.logs.items():
@@ -135,10 +138,8 @@ class Trainer:
             if micro % self.cfg.accum_steps:
                 fetched = time.perf_counter()
                 continue
-            lr, weight_decay = self._optimizer_step()
-            updates = self.method.after_optimizer_step(
-                Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
-            )
+            lr, weight_decay = self._optimizer_step(progress)
+            updates = self.method.after_optimizer_step(progress)
             self.step += 1
             window.steps += 1
             display.advance(epoch)
@@ -181,7 +182,7 @@ class Trainer:
             self.train_step = self.method.training_step
             return self.train_step(batch)
 
-    def _optimizer_step(self) -> tuple[float, float]:
+    def _optimizer_step(self, progress: Progress) -> tuple[float, float]:
         cfg = self.cfg
         warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
         lr = warmup_cosine(self.step, self.total_steps, warmup_steps, cfg.lr, cfg.min_lr)
@@ -194,7 +195,11 @@ class Trainer:
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad, foreach=True)
+            if cfg.clip_per_param:
+                clip_each_norm([p.grad for p in params], cfg.clip_grad)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad, foreach=True)
+        self.method.before_optimizer_step(progress)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -279,6 +284,16 @@ class Trainer:
         _set_rng_state(ckpt.unpack(state["rng"], tensors))
         self.step = int(metadata["step"])
         console.info(f"resuming from {self.checkpoint_path} at step {self.step}")
+
+
+@torch.no_grad()
+def clip_each_norm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each gradient whose own norm exceeds ``max_norm`` down to it (DINO's clip_gradients), sync-free."""
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(scales.unbind()))
 
 
 def _batch_size(batch) -> int:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from sslkit.config import BYOLConfig
-from sslkit.methods import byol
+from sslkit.config import BYOLConfig, DINOConfig
+from sslkit.methods import byol, dino
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     config: type
-    resolve: Callable  # (TrainConfig, options) -> (TrainConfig, options) with presets filled in
+    resolve: Callable  # (TrainConfig, options, number of images) -> (TrainConfig, options), presets filled in
     build: Callable  # options -> nn.Module following sslkit.engine.method.Method
 
 
-METHODS = {"byol": MethodSpec(BYOLConfig, byol.resolve, byol.BYOL)}
+METHODS = {
+    "byol": MethodSpec(BYOLConfig, byol.resolve, byol.BYOL),
+    "dino": MethodSpec(DINOConfig, dino.resolve, dino.DINO),
+}

@@ -40,7 +40,7 @@ def preset(epochs: int) -> tuple[float, float, float]:
     return PRESETS[1000]
 
 
-def resolve(train: TrainConfig, options: BYOLConfig) -> tuple[TrainConfig, BYOLConfig]:
+def resolve(train: TrainConfig, options: BYOLConfig, num_images: int) -> tuple[TrainConfig, BYOLConfig]:
     """Fill every unset (None) setting from the official presets; see docs/pretrain-byol.md for the table."""
     validate_byol(options)
     base_lr, weight_decay, tau_base = preset(train.epochs)
@@ -54,6 +54,12 @@ def resolve(train: TrainConfig, options: BYOLConfig) -> tuple[TrainConfig, BYOLC
         train.lr = base_lr * train.batch_size / 256
     if train.weight_decay is None:
         train.weight_decay = weight_decay
+    if train.min_lr is None:
+        train.min_lr = 0.0
+    if train.clip_grad is None:
+        train.clip_grad = 0.0
+    if train.clip_per_param is None:
+        train.clip_per_param = False
     if train.warmup_epochs is None:
         # 10 epochs as the official runs (40 to 1000 epochs); a quarter of the run when shorter than 40
         train.warmup_epochs = min(OFFICIAL_WARMUP_EPOCHS, train.epochs / 4)
@@ -110,6 +116,12 @@ class BYOL(nn.Module):
 
     def target_parameters(self) -> list[torch.Tensor]:
         return [*self.target_backbone.parameters(), *self.target_projector.parameters()]
+
+    def start_step(self, progress: Progress) -> None:
+        pass
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        pass
 
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
         # tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, per step k of K

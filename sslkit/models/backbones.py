@@ -32,15 +32,18 @@ class Normalize(nn.Module):
         return images.float() * self.scale - self.shift
 
 
-def create_backbone(arch: str, img_size: int | None = None, **kwargs) -> nn.Module:
-    """A randomly initialised timm model ``arch`` without classifier; ViTs are built for ``img_size``."""
+def create_backbone(arch: str, img_size: int | None = None, **vit_options) -> nn.Module:
+    """A randomly initialised timm model ``arch`` without classifier.
+
+    ViTs are built for ``img_size`` with ``vit_options`` (e.g. ``drop_path_rate``, ``dynamic_img_size``);
+    conv nets take any input size and are built without them.
+    """
     if not timm.is_model(arch):
         raise UsageError(f"unknown architecture '{arch}'{_suggest(arch)}")
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
-    except TypeError:
-        # conv nets take any input size and have no img_size argument
-        return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+        return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, **vit_options)
+    except TypeError:  # no img_size argument: not a ViT
+        return timm.create_model(arch, pretrained=False, num_classes=0)
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from sslkit.cli import app
+from sslkit.cli import app, dashed
 from tests.conftest import make_folder
 
 runner = CliRunner()
@@ -23,8 +23,8 @@ def sslkit(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_help_lists_the_commands_and_every_command_shows_examples():
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0 and "pretrain" in result.output and "probe" in result.output
-    for command in (["pretrain", "byol"], ["probe", "knn"]):
+    assert result.exit_code == 0 and all(name in result.output for name in ("pretrain", "probe", "attention"))
+    for command in (["pretrain", "byol"], ["pretrain", "dino"], ["probe", "knn"], ["attention"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Examples" in result.output and "sslkit " + " ".join(command) in result.output
 
@@ -66,6 +66,32 @@ def test_probe_knn_of_random_init_baseline_is_quiet_and_reproducible(tmp_path):
     assert scores[0] == scores[1]
 
 
+def test_dino_pretrain_then_knn_and_attention_maps_end_to_end(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, per_class=12)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "dino", str(data), "--out", str(run), "--epochs", "1", "--arch", "test_vit",
+                                 "--img-size", "32", "--batch-size", "8", "--workers", "0", "--out-dim", "32",
+                                 "--local-crops-number", "2", "--norm-last-layer", "false"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())["dino"]
+    assert config["out_dim"] == 32 and config["norm_last_layer"] is False and config["local_crops_number"] == 2
+    assert "dino preset auto: out_dim 32, momentum_teacher 0.96" in result.stderr
+    result = runner.invoke(app, ["probe", "knn", str(run), "--train", str(data), "--val", str(data), "--k", "1",
+                                 "--workers", "0"])
+    assert result.exit_code == 0 and "dino test_vit (teacher), step 3" in result.output
+    result = runner.invoke(app, ["attention", str(run), str(data / "class0"), "--out", str(tmp_path / "maps"),
+                                 "--img-size", "32", "--threshold", "0.6", "--json", str(tmp_path / "maps.json")])
+    assert result.exit_code == 0, result.output
+    maps = json.loads((tmp_path / "maps.json").read_text())
+    assert len(maps["images"]) == 12 and maps["patch_size"] == 16
+    assert (tmp_path / "maps" / "c0_000" / "mask-th0.6-mean.png").is_file()
+
+
+def test_official_scripts_underscore_options_are_accepted():
+    assert dashed(["dino", "my_photos/", "--out_dim", "1024", "--teacher_temp=0.04", "--out", "run_1"]) == \
+        ["dino", "my_photos/", "--out-dim", "1024", "--teacher-temp=0.04", "--out", "run_1"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "byol", "{tmp}/nowhere", "--out", "{tmp}/run"], "error: folder not found"),
     (["pretrain", "byol", "{data}", "--out", "{tmp}/run", "--arch", "resnet1000"], "error: unknown architecture"),
@@ -73,6 +99,12 @@ def test_probe_knn_of_random_init_baseline_is_quiet_and_reproducible(tmp_path):
     (["pretrain", "byol", "{data}", "--out", "{tmp}/run", "--batch-size", "0"], "error: --batch-size must be positive"),
     (["probe", "knn", "{tmp}/missing.safetensors", "--train", "{data}", "--val", "{data}"], "error: model not found"),
     (["probe", "knn", "timm:test_resnet", "--train", "{tmp}/flat", "--val", "{data}"], "error: no class sub-folders"),
+    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--norm-last-layer", "maybe"], "error: --norm-last-layer takes true or false"),
+    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--local-crops-scale", "0.5", "0.1"], "error: --local-crops-scale must be"),
+    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--arch", "test_vit", "--img-size", "40"], "error: crop sizes 40 / 16 px"),
+    (["attention", "timm:test_resnet", "{data}", "--out", "{tmp}/maps"], "error: timm:test_resnet is a test_resnet, not a vision"),
+    (["attention", "timm:test_vit", "{tmp}/nothing.png", "--out", "{tmp}/maps"], "error: image not found"),
+    (["attention", "timm:test_vit", "{data}", "--out", "{tmp}/maps", "--threshold", "60"], "error: --threshold must lie"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     data = make_folder(tmp_path / "data", classes=2, per_class=2)

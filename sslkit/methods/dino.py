@@ -1,0 +1,215 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021; facebookresearch/dino main_dino.py).
+
+A student (backbone + DINO head) is trained to match, on every crop, the sharpened and centred output of an
+EMA teacher on the *other* global crops. Loss: the mean over (teacher global view i, student view v != i)
+pairs of the cross-entropy ``-softmax((t_i - c) / T_t) . log_softmax(s_v / T_s)``. Reference values are in
+DESIGN.md section 4; the ``auto`` preset that keeps small runs from collapsing is described in docs/dino.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit import console
+from sslkit.config import DINOConfig, TrainConfig, validate_dino
+from sslkit.data.views import MultiCrop
+from sslkit.engine.ema import ema_update
+from sslkit.engine.method import Progress, StepOutput
+from sslkit.engine.optim import decay_groups
+from sslkit.engine.schedules import cosine
+from sslkit.models.backbones import Normalize, create_backbone, feature_dim, is_vit, patch_size, prefers_channels_last
+from sslkit.models.heads import DINOHead
+
+# main_dino.py defaults and README recommendations (ViT-S/16, ImageNet, 100+ epochs)
+IMAGENET = dict(out_dim=65536, momentum_teacher=0.996, teacher_temp=0.04, warmup_teacher_temp=0.04,
+                warmup_teacher_temp_epochs=0)
+BASE_LR, MIN_LR, WARMUP_EPOCHS = 5e-4, 1e-6, 10
+WEIGHT_DECAY, WEIGHT_DECAY_END, CLIP_GRAD = 0.04, 0.4, 3.0
+
+
+def auto_preset(num_images: int, epochs: int, batch_size: int) -> dict:
+    """The official values, scaled down for small data sets and short runs (docs/dino.md explains each).
+
+    - out_dim: one prototype per ~16 images, a power of two between 1024 and 65536 (LightlyTrain scales the
+      same way); 65536 prototypes for 3,000 images leave most of them unused and the teacher near-uniform.
+    - momentum_teacher: the teacher must move within the run: 1 - 8 / total steps, between 0.96 and the
+      official 0.996 (reached from 2,000 steps on).
+    - teacher temperature 0.04 throughout (the code default); the README's 0.04 -> 0.07 warm-up over 30
+      epochs only for runs of 100 epochs or more.
+    - lr warm-up: 10 epochs, or a tenth of a run shorter than 100 epochs.
+    """
+    total_steps = max(1, epochs * (num_images // max(batch_size, 1)))
+    long_run = epochs >= 100
+    return dict(
+        out_dim=int(min(65536, max(1024, 2 ** round(math.log2(max(num_images, 1) / 16))))),
+        momentum_teacher=round(min(0.996, max(0.96, 1 - 8 / total_steps)), 4),
+        teacher_temp=0.07 if long_run else 0.04,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=30 if long_run else 0,
+        warmup_epochs=min(WARMUP_EPOCHS, epochs / 10),
+    )
+
+
+def resolve(train: TrainConfig, options: DINOConfig, num_images: int) -> tuple[TrainConfig, DINOConfig]:
+    """Fill every unset (None) setting from the preset; explicit settings always win."""
+    validate_dino(options)
+    chosen = auto_preset(num_images, train.epochs, train.batch_size) if options.preset == "auto" else \
+        dict(IMAGENET, warmup_epochs=WARMUP_EPOCHS)
+    train = dataclasses.replace(train, optimizer=train.optimizer or "adamw")
+    defaults = dict(lr=BASE_LR * train.batch_size / 256, min_lr=MIN_LR, warmup_epochs=chosen.pop("warmup_epochs"),
+                    weight_decay=WEIGHT_DECAY, weight_decay_end=WEIGHT_DECAY_END, clip_grad=CLIP_GRAD,
+                    clip_per_param=True)
+    for name, value in defaults.items():
+        if getattr(train, name) is None:
+            setattr(train, name, value)
+    options = dataclasses.replace(options)
+    for name, value in chosen.items():
+        if getattr(options, name) is None:
+            setattr(options, name, value)
+    return train, options
+
+
+def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmup_epochs: int) -> float:
+    """Linear from ``warmup_temp`` at epoch 0 to ``final_temp`` at epoch ``warmup_epochs - 1``, then constant."""
+    if epoch >= warmup_epochs:
+        return final_temp
+    return warmup_temp + (final_temp - warmup_temp) * epoch / max(warmup_epochs - 1, 1)
+
+
+def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
+              teacher_temp: float | torch.Tensor, student_temp: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINO's loss, in fp32, and the teacher's log-probabilities.
+
+    ``student_logits``: (V, B, K), all crops, the G global ones first; ``teacher_logits``: (G, B, K). The
+    cross-entropy of every (teacher view i, student view v != i) pair, averaged over the pairs.
+    """
+    log_student = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    log_teacher = F.log_softmax((teacher_logits.float() - center) / teacher_temp, dim=-1)
+    batch = student_logits.shape[1]
+    cross = -torch.einsum("tbk,vbk->tv", log_teacher.exp(), log_student) / batch  # (G, V) mean CE per pair
+    same_view = torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)
+    return cross[~same_view].mean(), log_teacher
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> None:
+    """EMA of the mean teacher output over the whole global batch (all processes when distributed)."""
+    total = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]).sum(dim=0)
+    count = teacher_logits.numel() // teacher_logits.shape[-1]
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        count *= dist.get_world_size()
+    center.mul_(momentum).add_(total / count, alpha=1 - momentum)
+
+
+class DINO(nn.Module):
+    name = "dino"
+
+    def __init__(self, options: DINOConfig):
+        super().__init__()
+        self.options = options
+        # the student gets drop path; both ViTs take any crop size (position embedding resampled to it)
+        self.backbone = create_backbone(options.arch, options.img_size, drop_path_rate=options.drop_path_rate,
+                                        dynamic_img_size=True)
+        self.head = DINOHead(feature_dim(self.backbone), options.out_dim, options.hidden_dim, options.bottleneck_dim,
+                             options.norm_last_layer)
+        self.teacher = create_backbone(options.arch, options.img_size, dynamic_img_size=True)
+        self.teacher.load_state_dict(self.backbone.state_dict())
+        self.teacher.requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, options.out_dim))
+        # set per step from the epoch; a tensor so a compiled step does not recompile when it changes
+        self.register_buffer("teacher_temp", torch.tensor(options.warmup_teacher_temp), persistent=False)
+        self.normalize = Normalize()
+        self.channels_last = prefers_channels_last(self.backbone)
+        self._check_crop_sizes()
+        o = options
+        console.info(
+            f"dino preset {o.preset}: out_dim {o.out_dim}, momentum_teacher {o.momentum_teacher}, teacher_temp "
+            f"{o.warmup_teacher_temp:g} -> {o.teacher_temp:g} over {o.warmup_teacher_temp_epochs} epochs, "
+            f"{o.local_crops_number} local crops of {self.train_transform.local_size} px (options given override these)"
+        )
+
+    def _check_crop_sizes(self) -> None:
+        patch = patch_size(self.backbone)
+        sizes = (self.options.img_size, self.train_transform.local_size)
+        if patch and any(size % patch for size in sizes):
+            from sslkit.errors import UsageError
+
+            raise UsageError(f"crop sizes {sizes[0]} / {sizes[1]} px must be multiples of the patch size {patch}")
+
+    @property
+    def train_transform(self) -> MultiCrop:
+        o = self.options
+        return MultiCrop(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, o.local_crop_size)
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _student(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """One backbone pass per crop resolution (equal-size crops batched together), then one head pass."""
+        features, start = [], 0
+        while start < len(crops):
+            end = start
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(self._input(torch.cat(crops[start:end]))))
+            start = end
+        return self.head(torch.cat(features))
+
+    def training_step(self, batch) -> StepOutput:
+        crops, _ = batch
+        batch_size, views = crops[0].shape[0], len(crops)
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher(self._input(torch.cat(crops[:2]))))
+        student = self._student(crops)
+        loss, log_teacher = dino_loss(student.view(views, batch_size, -1), teacher.view(2, batch_size, -1),
+                                      self.center, self.teacher_temp, self.options.student_temp)
+        update_center(self.center, teacher, self.options.center_momentum)
+        with torch.no_grad():
+            entropy = -(log_teacher.exp() * log_teacher).sum(dim=-1).mean()
+        # every teacher view is paired with the same number of student views, so mean CE - mean H = mean KL
+        return StepOutput(loss, {"teacher_entropy": entropy, "kl": loss.detach() - entropy})
+
+    def start_step(self, progress: Progress) -> None:
+        o = self.options
+        self.teacher_temp.fill_(teacher_temperature(progress.epoch, o.warmup_teacher_temp, o.teacher_temp,
+                                                    o.warmup_teacher_temp_epochs))
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        # the last layer learns only after --freeze-last-layer epochs ("helps training", main_dino.py)
+        if progress.epoch < self.options.freeze_last_layer:
+            for param in self.head.last_layer.parameters():
+                param.grad = None
+
+    def student_parameters(self) -> list[torch.Tensor]:
+        return [*self.backbone.parameters(), *self.head.parameters()]
+
+    def teacher_parameters(self) -> list[torch.Tensor]:
+        return [*self.teacher.parameters(), *self.teacher_head.parameters()]
+
+    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
+        momentum = cosine(progress.step, progress.total_steps, self.options.momentum_teacher, 1.0)
+        ema_update(self.teacher_parameters(), self.student_parameters(), momentum)
+        return {"momentum": momentum, "teacher_temp": float(self.teacher_temp)}
+
+    def param_groups(self) -> list[dict]:
+        student = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
+        return decay_groups(student.named_parameters())
+
+    def checkpoint_metadata(self) -> dict[str, str]:
+        return {
+            "arch": self.options.arch,
+            "img_size": str(self.options.img_size),
+            "patch_size": str(patch_size(self.backbone) or ""),
+            "backbones": json.dumps({"teacher": "teacher", "student": "backbone"}),
+        }
