@@ -91,7 +91,7 @@ def probe_knn(model: str, train: str | Path, val: str | Path, **settings) -> dic
     device = resolve_device(options.device)
     _, amp_dtype = resolve_precision(options.precision, device)
     _seed_everything(options.seed)
-    loaded = load_backbone(options.model, options.checkpoint_key, options.img_size)
+    loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch)
     transform = eval_transform(loaded.img_size)
     train_set = ImageFolder(options.train, transform, labelled=True)
     val_set = ImageFolder(options.val, transform, labelled=True)

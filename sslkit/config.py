@@ -117,6 +117,7 @@ class KNNConfig:
     precision: str = "auto"
     checkpoint_key: str = "teacher"
     seed: int = 0  # fixes the weights of a timm: random-init baseline
+    arch: str | None = None  # timm name of a .pth file's model (inferred for ViTs)
 
 
 def field_names(cls) -> set[str]:

@@ -63,4 +63,4 @@ def _show(results: dict) -> None:
         table.add_row(Path(row["image"]).name, "x".join(map(str, row["size"])), "x".join(map(str, row["grid"])),
                       str(row["heads"]), f"{100 * row['central_mass']:.1f}")
     console.stdout.print(table)
-    console.stdout.print(f"mean central mass: {100 * results['mean_central_mass']:.1f} % (uniform: about 25 %)")
+    console.stdout.print(f"mean central mass: {100 * results['mean_central_mass']:.1f} % (uniform: 25 %)")

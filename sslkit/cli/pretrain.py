@@ -118,8 +118,8 @@ def _dino_option(help: str, panel: str = DINO_PANEL):
         "Defaults follow facebookresearch/dino: ViT-S/16 at 224 px, head 2048-2048-256 then out_dim prototypes, "
         "AdamW lr 5e-4 x batch/256 (cosine to 1e-6), weight decay 0.04 -> 0.4, per-parameter gradient clip 3.0, "
         "2 global crops (0.4-1) and 8 local crops (0.05-0.4) at 96/224 of --img-size, last layer frozen for the "
-        "first epoch, drop path 0.1. --preset auto (the default) scales out_dim, teacher momentum, teacher "
-        "temperature and warm-up to the data set and run length and prints its choice; --preset imagenet keeps the "
+        "first epoch, drop path 0.1. --preset auto (the default) adapts out_dim, teacher temperature, lr and "
+        "warm-up to the data set, batch and run length and prints its choice; --preset imagenet keeps the "
         "official values. Options also accept main_dino.py's spelling (--out_dim 65536)."
     ),
     epilog=examples(
@@ -136,7 +136,7 @@ def dino(
     img_size: ImgSize = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
-    lr: Lr = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (official 5e-4 x batch/256; auto below batch 1024: 2e-3 x sqrt(batch/1024)).", rich_help_panel=OPT)] = None,
     min_lr: Annotated[Optional[float], typer.Option(help="Learning rate at the end of the cosine (default 1e-6).", rich_help_panel=OPT)] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(help="Epochs of linear lr warm-up (default 10; auto: a tenth of runs under 100 epochs).", rich_help_panel=OPT)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay at the start of its cosine (default 0.04); never on biases and norms.", rich_help_panel=OPT)] = None,
@@ -145,12 +145,12 @@ def dino(
     momentum: Momentum = None,
     clip_grad: ClipGrad = None,
     accum_steps: AccumSteps = None,
-    preset: Annotated[Optional[str], _dino_option(help="auto (default): out_dim, teacher momentum and temperature, warm-up scaled to the data and run; imagenet: the official values. Explicit options always win.")] = None,
+    preset: Annotated[Optional[str], _dino_option(help="auto (default): out_dim, teacher temperature, lr and warm-up adapted to the data, batch and run length; imagenet: the official values. Explicit options always win.")] = None,
     out_dim: Annotated[Optional[int], _dino_option(help="Prototypes K (official 65536; auto: images/16 between 1024 and 65536). Lower it if the teacher output is near-uniform.")] = None,
     norm_last_layer: Annotated[Optional[str], _dino_option(help="true (default): keep the last layer's weight-norm gain at 1, more stable; false: train it, better for ViT-S but can be unstable.")] = None,
-    momentum_teacher: Annotated[Optional[float], _dino_option(help="Teacher EMA momentum at the start, cosine to 1 (official 0.996; auto: 1 - 8/steps, 0.96-0.996). Lower it if the loss stalls.")] = None,
-    teacher_temp: Annotated[Optional[float], _dino_option(help="Teacher temperature after warm-up (0.04; 0.07 for long runs; above 0.07 is unstable).")] = None,
-    warmup_teacher_temp: Annotated[Optional[float], _dino_option(help="Teacher temperature at epoch 0 (0.04). Lower it (0.02) if the teacher collapses to uniform.")] = None,
+    momentum_teacher: Annotated[Optional[float], _dino_option(help="Teacher EMA momentum at the start, cosine to 1 (0.996). The README uses 0.9995 at batch 256; much lower values let the teacher turn uniform.")] = None,
+    teacher_temp: Annotated[Optional[float], _dino_option(help="Teacher temperature after warm-up (0.04; auto: 0.02 below 100k images, 0.07 for runs of 100+ epochs; above 0.07 is unstable).")] = None,
+    warmup_teacher_temp: Annotated[Optional[float], _dino_option(help="Teacher temperature at epoch 0 (0.04; auto: 0.02 below 100k images). Lower it if the teacher turns uniform.")] = None,
     warmup_teacher_temp_epochs: Annotated[Optional[int], _dino_option(help="Epochs of linear teacher-temperature warm-up (0; 30 in the README's long runs).")] = None,
     freeze_last_layer: Annotated[Optional[int], _dino_option(help="Epochs during which the last layer gets no update (1). Raise it if the loss does not fall.")] = None,
     drop_path_rate: Annotated[Optional[float], _dino_option(help="Stochastic depth of the student ViT (0.1).")] = None,

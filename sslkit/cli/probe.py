@@ -13,7 +13,7 @@ from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, exampl
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
-Model = Annotated[str, typer.Argument(help="A run directory, an sslkit .safetensors checkpoint, or timm:ARCH (random init).")]
+Model = Annotated[str, typer.Argument(help="A run directory, an sslkit .safetensors checkpoint, an official DINO / MAE .pth, or timm:ARCH (random init).")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Side of the centre crop (default: the model's training size; 224 for timm:).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256).")]
 Labelled = "Labelled folder: one sub-folder per class."
@@ -39,6 +39,7 @@ def knn(
     temperature: Annotated[Optional[float], typer.Option(help="T in the vote weight exp(cos / T) (default 0.07).")] = None,
     checkpoint_key: Annotated[Optional[str], typer.Option(help="teacher (the EMA network, default) or student (the online one).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the weights of a timm: random-init baseline (default 0).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
     img_size: ImgSize = None,
     batch_size: BatchSize = None,
     workers: Workers = None,
@@ -52,7 +53,7 @@ def knn(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.probe_knn(
-            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, img_size=img_size,
+            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, arch=arch, img_size=img_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision,
         )
         write_json(json_path, results)

@@ -59,12 +59,20 @@ def threshold_mask(maps: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def central_mass(maps: torch.Tensor) -> torch.Tensor:
-    """Share of each map's mass on patches whose centres lie in the middle half of the width and height."""
+    """Share of each map's mass inside the central box (the middle half of the width and of the height).
+
+    Patches straddling the box count by the fraction of their area inside it, so a uniform map gives exactly
+    0.25 on any grid.
+    """
     h, w = maps.shape[-2:]
-    rows = ((torch.arange(h) + 0.5) / h - 0.5).abs() < 0.25
-    cols = ((torch.arange(w) + 0.5) / w - 0.5).abs() < 0.25
-    inside = (rows[:, None] & cols[None, :]).to(maps)
-    return (maps * inside).sum(dim=(-2, -1)) / maps.sum(dim=(-2, -1))
+    inside = _overlap(h)[:, None] * _overlap(w)[None, :]
+    return (maps * inside.to(maps)).sum(dim=(-2, -1)) / maps.sum(dim=(-2, -1))
+
+
+def _overlap(cells: int) -> torch.Tensor:
+    """For each of ``cells`` equal cells of [0, 1], the fraction of it inside [0.25, 0.75]."""
+    edges = torch.arange(cells + 1, dtype=torch.float64) / cells
+    return ((edges[1:].clamp(0.25, 0.75) - edges[:-1].clamp(0.25, 0.75)) * cells).float()
 
 
 def prepare_image(image: Image.Image, img_size: int, patch: int) -> torch.Tensor:

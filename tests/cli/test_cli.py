@@ -75,7 +75,7 @@ def test_dino_pretrain_then_knn_and_attention_maps_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())["dino"]
     assert config["out_dim"] == 32 and config["norm_last_layer"] is False and config["local_crops_number"] == 2
-    assert "dino preset auto: out_dim 32, momentum_teacher 0.96" in result.stderr
+    assert "dino preset auto: out_dim 32, momentum_teacher 0.996, teacher_temp 0.02" in result.stderr
     result = runner.invoke(app, ["probe", "knn", str(run), "--train", str(data), "--val", str(data), "--k", "1",
                                  "--workers", "0"])
     assert result.exit_code == 0 and "dino test_vit (teacher), step 3" in result.output

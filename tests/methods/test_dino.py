@@ -130,18 +130,20 @@ def test_teacher_is_an_ema_of_student_backbone_and_head():
 
 
 def test_auto_preset_scales_with_the_data_and_explicit_options_win():
-    small = auto_preset(3000, epochs=10, batch_size=64)  # 460 steps
-    assert small["out_dim"] == 1024 and small["momentum_teacher"] == pytest.approx(1 - 8 / 460, abs=1e-4)
-    assert small["teacher_temp"] == 0.04 and small["warmup_epochs"] == 1
+    small = auto_preset(3000, epochs=10, batch_size=64)
+    assert small == dict(out_dim=1024, momentum_teacher=0.996, teacher_temp=0.02, warmup_teacher_temp=0.02,
+                         warmup_teacher_temp_epochs=0, warmup_epochs=1, lr=pytest.approx(5e-4))  # 2e-3 x sqrt(64/1024)
     large = auto_preset(1_281_167, epochs=100, batch_size=1024)
     assert large == dict(out_dim=65536, momentum_teacher=0.996, teacher_temp=0.07, warmup_teacher_temp=0.04,
-                         warmup_teacher_temp_epochs=30, warmup_epochs=10)
+                         warmup_teacher_temp_epochs=30, warmup_epochs=10, lr=pytest.approx(2e-3))
+    assert auto_preset(1_281_167, epochs=100, batch_size=2048)["lr"] == pytest.approx(4e-3)  # linear from 1024 up
     train, options = resolve(TrainConfig(epochs=10, batch_size=64), DINOConfig(out_dim=4096), 3000)
-    assert options.out_dim == 4096 and options.momentum_teacher == small["momentum_teacher"]
-    assert train.lr == pytest.approx(5e-4 * 64 / 256) and train.min_lr == 1e-6
+    assert options.out_dim == 4096 and options.teacher_temp == 0.02
+    assert train.lr == pytest.approx(5e-4) and train.min_lr == 1e-6 and train.optimizer == "adamw"
     assert (train.weight_decay, train.weight_decay_end, train.clip_grad, train.clip_per_param) == (0.04, 0.4, 3.0, True)
-    _, official = resolve(TrainConfig(epochs=10, batch_size=64), DINOConfig(preset="imagenet"), 3000)
+    train, official = resolve(TrainConfig(epochs=10, batch_size=64), DINOConfig(preset="imagenet"), 3000)
     assert (official.out_dim, official.momentum_teacher, official.teacher_temp) == (65536, 0.996, 0.04)
+    assert train.lr == pytest.approx(5e-4 * 64 / 256) and train.warmup_epochs == 10
 
 
 def test_crop_sizes_must_fit_the_patch_size():

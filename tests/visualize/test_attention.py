@@ -52,7 +52,8 @@ def test_threshold_mask_keeps_sixty_percent_of_the_mass_with_the_fewest_patches(
 
 
 def test_central_mass_is_a_quarter_for_uniform_maps_and_one_for_central_ones():
-    assert central_mass(torch.ones(4, 4)).item() == pytest.approx(0.25)
+    for grid in [(4, 4), (6, 6), (3, 5), (1, 1)]:
+        assert central_mass(torch.ones(grid)).item() == pytest.approx(0.25)
     centred = torch.zeros(4, 4)
     centred[1:3, 1:3] = 1
     assert central_mass(centred).item() == pytest.approx(1.0)
