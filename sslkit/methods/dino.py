@@ -20,7 +20,7 @@ from torch import nn
 
 from sslkit import console
 from sslkit.config import DINOConfig, TrainConfig, validate_dino
-from sslkit.data.views import MultiCrop
+from sslkit.data.views import MultiCrop, local_crop_size
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import decay_groups
@@ -144,24 +144,25 @@ class DINO(nn.Module):
         self.register_buffer("teacher_temp", torch.tensor(options.warmup_teacher_temp), persistent=False)
         self.normalize = Normalize()
         self.channels_last = prefers_channels_last(self.backbone)
+        self.local_size = options.local_crop_size or local_crop_size(options.img_size)
         self._check_crop_sizes()
         o = options
         console.info(
             f"dino preset {o.preset}: out_dim {o.out_dim}, momentum_teacher {o.momentum_teacher}, teacher_temp "
             f"{o.warmup_teacher_temp:g} -> {o.teacher_temp:g} over {o.warmup_teacher_temp_epochs} epochs, "
-            f"{o.local_crops_number} local crops of {self.train_transform.local_size} px (options given override these)"
+            f"{o.local_crops_number} local crops of {self.local_size} px (options given override these)"
         )
 
     def _check_crop_sizes(self) -> None:
         patch = patch_size(self.backbone)
-        sizes = (self.options.img_size, self.train_transform.local_size)
+        sizes = (self.options.img_size, self.local_size)
         if patch and any(size % patch for size in sizes):
             raise UsageError(f"crop sizes {sizes[0]} / {sizes[1]} px must be multiples of the patch size {patch}")
 
     @property
     def train_transform(self) -> MultiCrop:
         o = self.options
-        return MultiCrop(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, o.local_crop_size)
+        return MultiCrop(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, self.local_size)
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)
@@ -192,10 +193,12 @@ class DINO(nn.Module):
         # every teacher view is paired with the same number of student views, so mean CE - mean H = mean KL
         return StepOutput(loss, {"teacher_entropy": entropy, "kl": loss.detach() - entropy})
 
-    def start_step(self, progress: Progress) -> None:
+    def _teacher_temperature(self, epoch: int) -> float:
         o = self.options
-        self.teacher_temp.fill_(teacher_temperature(progress.epoch, o.warmup_teacher_temp, o.teacher_temp,
-                                                    o.warmup_teacher_temp_epochs))
+        return teacher_temperature(epoch, o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_epochs)
+
+    def start_step(self, progress: Progress) -> None:
+        self.teacher_temp.fill_(self._teacher_temperature(progress.epoch))
 
     def before_optimizer_step(self, progress: Progress) -> None:
         # the last layer learns only after --freeze-last-layer epochs ("helps training", main_dino.py)
@@ -212,7 +215,8 @@ class DINO(nn.Module):
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
         momentum = cosine(progress.step, progress.total_steps, self.options.momentum_teacher, 1.0)
         ema_update(self.teacher_parameters(), self.student_parameters(), momentum)
-        return {"momentum": momentum, "teacher_temp": float(self.teacher_temp)}
+        # from the schedule, not the buffer: reading a GPU tensor here would sync every step
+        return {"momentum": momentum, "teacher_temp": self._teacher_temperature(progress.epoch)}
 
     def param_groups(self) -> list[dict]:
         student = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
