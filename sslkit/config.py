@@ -33,7 +33,7 @@ class TrainConfig:
     weight_decay_end: float | None = None  # None: constant weight decay
     optimizer: str | None = None
     momentum: float = 0.9  # SGD and LARS
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    betas: tuple[float, float] | None = None  # AdamW; None: the method's ((0.9, 0.999), MAE (0.9, 0.95))
     clip_grad: float | None = None  # gradient-norm clipping; 0 disables; None: the method's
     clip_per_param: bool | None = None  # clip each parameter's gradient norm separately (DINO), not the global one
     accum_steps: int = 1
@@ -86,6 +86,21 @@ class DINOConfig:
 
 
 @dataclass
+class MAEConfig:
+    """MAE's settings (He et al. 2022); decoder fields None: sized from the encoder (docs/mae.md)."""
+
+    arch: str = "vit_base_patch16_224"
+    img_size: int = 224
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_heads: int | None = None
+    blr: float = 1.5e-4  # lr = blr x batch / 256 unless --lr is given
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+
+@dataclass
 class PretrainConfig:
     method: str
     data: str
@@ -132,7 +147,7 @@ def build(cls, values: dict[str, Any]):
 
 
 def _coerce(cls, name: str, value: Any) -> Any:
-    if name in ("betas", "global_crops_scale", "local_crops_scale") and value is not None:
+    if name in ("betas", "global_crops_scale", "local_crops_scale", "crop_scale") and value is not None:
         return tuple(float(b) for b in value)
     return value
 
@@ -238,3 +253,15 @@ def validate_dino(options: DINOConfig) -> None:
         low, high = getattr(options, name)
         if not 0 < low <= high <= 1:
             raise UsageError(f"--{name.replace('_', '-')} must be two numbers with 0 < MIN <= MAX <= 1")
+
+
+def validate_mae(options: MAEConfig) -> None:
+    for name in ("img_size", "decoder_dim", "decoder_depth", "decoder_heads", "blr"):
+        _positive(name, getattr(options, name))
+    if not 0 < options.mask_ratio < 1:
+        raise UsageError(f"--mask-ratio must lie strictly between 0 and 1, not {options.mask_ratio}")
+    if options.decoder_dim and options.decoder_heads and options.decoder_dim % options.decoder_heads:
+        raise UsageError(f"--decoder-dim {options.decoder_dim} is not divisible by --decoder-heads {options.decoder_heads}")
+    low, high = options.crop_scale
+    if not 0 < low <= high <= 1:
+        raise UsageError("--crop-scale must be two numbers with 0 < MIN <= MAX <= 1")

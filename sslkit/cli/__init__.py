@@ -5,7 +5,7 @@ import sys
 import typer
 
 from sslkit import __version__
-from sslkit.cli import attention, pretrain, probe
+from sslkit.cli import attention, pretrain, probe, reconstruct
 
 app = typer.Typer(
     name="sslkit",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(pretrain.app, name="pretrain")
 app.add_typer(probe.app, name="probe")
 app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(attention.attention)
+app.command(name="reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(reconstruct.reconstruct)
 
 
 def _version(value: bool) -> None:

@@ -185,3 +185,70 @@ def dino(
         if norm_last_layer is not None:
             settings["norm_last_layer"] = parse_bool("norm-last-layer", norm_last_layer)
     _run("dino", data, out, config, resume, quiet, settings)
+
+
+MAE_PANEL = "MAE"
+
+
+def _mae_option(help: str):
+    return typer.Option(help=help, rich_help_panel=MAE_PANEL)
+
+
+@app.command(
+    help=(
+        "MAE (He et al. 2022): a ViT encoder sees a random quarter of the patches; a light decoder reconstructs "
+        "the pixels of the rest.\n\n"
+        "Defaults follow the paper's recipe: ViT-B/16 at 224 px, mask ratio 0.75, norm-pix loss, decoder 8 blocks "
+        "x 512 (16 heads; narrower encoders get half their width and 4 blocks), fixed 2-D sin-cos position "
+        "embeddings, AdamW betas (0.9, 0.95), lr = blr 1.5e-4 x batch/256, weight decay 0.05 off biases and norms, "
+        "40 warm-up epochs (a tenth of runs under 400 epochs) then cosine to 0, random resized crop (0.2-1) and "
+        "flip only. The encoder runs on the visible patches only, so a step costs about a third of a full pass. "
+        "Options also accept main_pretrain.py's spelling (--mask_ratio 0.75)."
+    ),
+    epilog=examples(
+        "sslkit pretrain mae photos/ --out runs/mae --arch vit_tiny_patch16_224 --img-size 64 --epochs 100 --batch-size 256",
+        "sslkit pretrain mae photos/ --out runs/mae --resume",
+        "sslkit pretrain mae /data/imagenet/train --out runs/vitb --epochs 800 --batch-size 4096 --accum-steps 16",
+    ),
+)
+def mae(
+    data: Data,
+    out: Out,
+    arch: Annotated[Optional[str], typer.Option(help="A timm ViT with a class token (default vit_base_patch16_224).", rich_help_panel=RUN)] = None,
+    img_size: ImgSize = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: --blr x batch/256).", rich_help_panel=OPT)] = None,
+    blr: Annotated[Optional[float], typer.Option(help="Base learning rate per 256 images (1.5e-4). Raise it (e.g. 1e-3) for short runs with small batches if the loss falls slowly.", rich_help_panel=OPT)] = None,
+    min_lr: MinLr = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Epochs of linear lr warm-up (40; a tenth of runs under 400 epochs).", rich_help_panel=OPT)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (0.05), never on biases and norms.", rich_help_panel=OPT)] = None,
+    optimizer: Optimizer = None,
+    clip_grad: ClipGrad = None,
+    accum_steps: AccumSteps = None,
+    mask_ratio: Annotated[Optional[float], _mae_option(help="Share of patches hidden from the encoder (0.75). Higher is faster; 0.75 was best in the paper.")] = None,
+    norm_pix_loss: Annotated[Optional[bool], _mae_option(help="Predict each patch normalised by its own mean and std (on; better features). Turn off for models meant for pictures.")] = None,
+    decoder_dim: Annotated[Optional[int], _mae_option(help="Decoder width (512 for ViT-B and wider; half the encoder width below).")] = None,
+    decoder_depth: Annotated[Optional[int], _mae_option(help="Decoder blocks (8; 4 for encoders narrower than ViT-B). 1 is faster and fine for finetuning, worse for linear probes.")] = None,
+    decoder_heads: Annotated[Optional[int], _mae_option(help="Decoder attention heads (16; width/32 for narrower decoders).")] = None,
+    crop_scale: Annotated[Optional[tuple[float, float]], _mae_option(help="Area range of the random resized crop (0.2 1).")] = None,
+    device: Device = None,
+    precision: Precision = None,
+    workers: Workers = None,
+    compile: Compile = None,
+    seed: Seed = None,
+    resume: Resume = False,
+    config: Config = None,
+    save_every: SaveEvery = None,
+    log_every: LogEvery = None,
+    quiet: Quiet = False,
+):
+    """MAE (He et al. 2022): reconstruct the pixels of masked patches from a quarter of them."""
+    settings = dict(
+        arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, blr=blr, min_lr=min_lr,
+        warmup_epochs=warmup_epochs, weight_decay=weight_decay, optimizer=optimizer, clip_grad=clip_grad,
+        accum_steps=accum_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
+        decoder_depth=decoder_depth, decoder_heads=decoder_heads, crop_scale=crop_scale, device=device,
+        precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
+    )
+    _run("mae", data, out, config, resume, quiet, settings)

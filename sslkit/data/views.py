@@ -86,6 +86,17 @@ class MultiCrop:
         return [self.global1(image), self.global2(image), *(self.local(image) for _ in range(self.local_number))]
 
 
+def mae_view(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:
+    """MAE's only augmentation: random resized crop (area 0.2-1, bicubic) and horizontal flip."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(img_size, scale=scale, interpolation=BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+        ]
+    )
+
+
 def eval_transform(img_size: int) -> v2.Compose:
     """Resize the short side to img_size * 256/224, centre-crop img_size (224 from 256 at full size)."""
     return v2.Compose(

@@ -164,12 +164,14 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
         raise UsageError(f"{spec}: expected a run directory, an sslkit .safetensors, a .pth file or timm:ARCH")
     metadata = read_metadata(path)
     prefixes = json.loads(metadata.get("backbones", "{}"))
+    if len(prefixes) == 1:  # one network (MAE's encoder): teacher / student do not apply
+        checkpoint_key = next(iter(prefixes))
     if checkpoint_key not in prefixes:
         raise UsageError(f"{path} has no '{checkpoint_key}' backbone; it has: {', '.join(prefixes) or 'none'}")
     arch, trained_size = metadata["arch"], int(metadata["img_size"])
     module = create_backbone(arch, trained_size, **vit_options)
     state = read_tensors(path, f"model.{prefixes[checkpoint_key]}.")
-    _load_strict(module, state, path)
+    load_strict(module, state, path)
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
         module.set_input_size(img_size=img_size)  # resamples the position embedding
     description = f"{metadata['method']} {arch} ({checkpoint_key}), step {metadata.get('step', '?')}"
@@ -183,7 +185,7 @@ def _load_foreign(path: Path, checkpoint_key: str, img_size: int | None, arch: s
     arch = arch or infer_vit_arch(state, path)
     native = native_img_size(state)
     module = create_backbone(arch, native, **vit_options)
-    _load_strict(module, state, path)
+    load_strict(module, state, path)
     if img_size and img_size != native and is_vit(module) and not vit_options:
         module.set_input_size(img_size=img_size)
     return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})")
@@ -248,7 +250,7 @@ def infer_vit_arch(state: dict[str, torch.Tensor], path: Path) -> str:
     return arch
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

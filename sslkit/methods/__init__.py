@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from sslkit.config import BYOLConfig, DINOConfig
-from sslkit.methods import byol, dino
+from sslkit.config import BYOLConfig, DINOConfig, MAEConfig
+from sslkit.methods import byol, dino, mae
 
 
 @dataclass(frozen=True)
@@ -19,4 +19,5 @@ class MethodSpec:
 METHODS = {
     "byol": MethodSpec(BYOLConfig, byol.resolve, byol.BYOL),
     "dino": MethodSpec(DINOConfig, dino.resolve, dino.DINO),
+    "mae": MethodSpec(MAEConfig, mae.resolve, mae.MAE),
 }

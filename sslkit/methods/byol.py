@@ -28,7 +28,7 @@ from sslkit.models.heads import MLP
 PRESETS = {40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996)}
 OFFICIAL_WARMUP_EPOCHS = 10
 # AdamW is not in the paper: sslkit's fallback for small batches, where LARS's trust ratio is noisy
-ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY = 1e-3, 1e-4
+ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY, ADAMW_BETAS = 1e-3, 1e-4, (0.9, 0.999)
 SGD_BASE_LR = 0.05
 
 
@@ -49,7 +49,7 @@ def resolve(train: TrainConfig, options: BYOLConfig, num_images: int) -> tuple[T
         base_lr, weight_decay = ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY
     elif optimizer == "sgd":
         base_lr = SGD_BASE_LR
-    train = dataclasses.replace(train, optimizer=optimizer)
+    train = dataclasses.replace(train, optimizer=optimizer, betas=train.betas or ADAMW_BETAS)
     if train.lr is None:
         train.lr = base_lr * train.batch_size / 256
     if train.weight_decay is None:

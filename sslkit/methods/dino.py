@@ -77,7 +77,7 @@ def resolve(train: TrainConfig, options: DINOConfig, num_images: int) -> tuple[T
     validate_dino(options)
     chosen = auto_preset(num_images, train.epochs, train.batch_size) if options.preset == "auto" else \
         dict(IMAGENET, warmup_epochs=WARMUP_EPOCHS, lr=BASE_LR * train.batch_size / 256)
-    train = dataclasses.replace(train, optimizer=train.optimizer or "adamw")
+    train = dataclasses.replace(train, optimizer=train.optimizer or "adamw", betas=train.betas or (0.9, 0.999))
     defaults = dict(lr=chosen.pop("lr"), min_lr=MIN_LR, warmup_epochs=chosen.pop("warmup_epochs"),
                     weight_decay=WEIGHT_DECAY, weight_decay_end=WEIGHT_DECAY_END, clip_grad=CLIP_GRAD,
                     clip_per_param=True)

@@ -23,8 +23,10 @@ def sslkit(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_help_lists_the_commands_and_every_command_shows_examples():
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0 and all(name in result.output for name in ("pretrain", "probe", "attention"))
-    for command in (["pretrain", "byol"], ["pretrain", "dino"], ["probe", "knn"], ["attention"]):
+    assert result.exit_code == 0
+    assert all(name in result.output for name in ("pretrain", "probe", "attention", "reconstruct"))
+    for command in (["pretrain", "byol"], ["pretrain", "dino"], ["pretrain", "mae"], ["probe", "knn"], ["attention"],
+                    ["reconstruct"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Examples" in result.output and "sslkit " + " ".join(command) in result.output
 
@@ -87,6 +89,30 @@ def test_dino_pretrain_then_knn_and_attention_maps_end_to_end(tmp_path):
     assert (tmp_path / "maps" / "c0_000" / "mask-th0.6-mean.png").is_file()
 
 
+def test_mae_pretrain_then_reconstruct_knn_and_attention_end_to_end(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, per_class=12)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "mae", str(data), "--out", str(run), "--epochs", "1", "--arch", "test_vit",
+                                 "--img-size", "32", "--batch-size", "8", "--workers", "0", "--decoder-dim", "32",
+                                 "--decoder-depth", "1", "--decoder-heads", "2", "--no-norm-pix-loss"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["mae"]["norm_pix_loss"] is False and config["train"]["betas"] == [0.9, 0.95]
+    result = runner.invoke(app, ["reconstruct", str(run), str(data / "class1"), "--out", str(tmp_path / "recon"),
+                                 "--seed", "2", "--mask-ratio", "0.5", "--json", str(tmp_path / "recon.json")])
+    assert result.exit_code == 0, result.output
+    assert "mean masked-patch MSE" in result.output and "(against normalised pixels)" in result.output
+    recon = json.loads((tmp_path / "recon.json").read_text())
+    assert len(recon["images"]) == 12 and recon["images"][0]["masked_patches"] == 2 and recon["seed"] == 2
+    assert (tmp_path / "recon" / "c1_000.png").is_file()
+    result = runner.invoke(app, ["probe", "knn", str(run), "--train", str(data), "--val", str(data), "--k", "1",
+                                 "--workers", "0"])
+    assert result.exit_code == 0 and "mae test_vit (encoder), step 3" in result.output
+    result = runner.invoke(app, ["attention", str(run), str(data / "class0" / "c0_000.png"), "--out",
+                                 str(tmp_path / "maps"), "--img-size", "32"])
+    assert result.exit_code == 0 and (tmp_path / "maps" / "c0_000" / "attn-mean.png").is_file()
+
+
 def test_official_scripts_underscore_options_are_accepted():
     assert dashed(["dino", "my_photos/", "--out_dim", "1024", "--teacher_temp=0.04", "--out", "run_1"]) == \
         ["dino", "my_photos/", "--out-dim", "1024", "--teacher-temp=0.04", "--out", "run_1"]
@@ -105,6 +131,9 @@ def test_official_scripts_underscore_options_are_accepted():
     (["attention", "timm:test_resnet", "{data}", "--out", "{tmp}/maps"], "error: timm:test_resnet is a test_resnet, not a vision"),
     (["attention", "timm:test_vit", "{tmp}/nothing.png", "--out", "{tmp}/maps"], "error: image not found"),
     (["attention", "timm:test_vit", "{data}", "--out", "{tmp}/maps", "--threshold", "60"], "error: --threshold must lie"),
+    (["pretrain", "mae", "{data}", "--out", "{tmp}/run", "--mask-ratio", "1"], "error: --mask-ratio must lie strictly"),
+    (["pretrain", "mae", "{data}", "--out", "{tmp}/run", "--arch", "test_resnet"], "error: MAE needs a plain ViT"),
+    (["reconstruct", "timm:test_vit", "{data}", "--out", "{tmp}/recon"], "error: model not found: timm:test_vit"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     data = make_folder(tmp_path / "data", classes=2, per_class=2)

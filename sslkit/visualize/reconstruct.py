@@ -1,0 +1,141 @@
+"""MAE reconstructions: load an MAE with its decoder, mask an image, and draw the four-panel strip.
+
+Panels: original | masked input (masked patches grey) | reconstruction | reconstruction with the visible
+patches pasted back. Models trained with ``norm_pix_loss`` predict each patch standardised by its own mean
+and variance; to draw them, the prediction is de-normalised with the *true* patch's statistics (which leaks
+those two numbers per patch into the picture; the strip says so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageDraw, ImageFont
+
+from sslkit import config as cfg
+from sslkit.config import MAEConfig
+from sslkit.engine import checkpoint as ckpt
+from sslkit.errors import UsageError
+from sslkit.methods.mae import HEAD_DIM, MAE, patchify, unpatchify
+from sslkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+GREY = 128
+PANEL_MIN = 192  # small images are enlarged (nearest, by a whole factor) so the panels stay readable
+DECODER_FILES = "an sslkit MAE run, or an official mae_visualize_vit_*.pth or mae_pretrain_vit_*_full.pth"
+
+
+def load_mae(spec: str, norm_pix: bool | None = None) -> tuple[MAE, str]:
+    """An MAE with its decoder from a run directory, an sslkit MAE ``.safetensors`` or an official MAE ``.pth``.
+
+    ``norm_pix``: whether the model predicts per-patch-normalised pixels (default: an sslkit run's setting; for
+    ``.pth`` files, false for the pixel-loss ``visualize`` checkpoints and true otherwise).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.safetensors"
+    if not path.is_file():
+        raise UsageError(f"model not found: {spec} (reconstructions need {DECODER_FILES})")
+    if path.suffix in ckpt.FOREIGN_SUFFIXES:
+        return _load_official(path, norm_pix)
+    metadata = ckpt.read_metadata(path)
+    if metadata.get("method") != "mae":
+        raise UsageError(f"{spec} is a {metadata.get('method')} checkpoint; reconstructions need {DECODER_FILES}")
+    options = cfg.build(MAEConfig, json.loads(metadata["config"])["mae"])
+    if norm_pix is not None:
+        options.norm_pix_loss = norm_pix
+    model = MAE(options)
+    ckpt.load_strict(model, ckpt.read_tensors(path, "model."), path)
+    return model, f"mae {options.arch}, step {metadata.get('step', '?')}"
+
+
+def _load_official(path: Path, norm_pix: bool | None) -> tuple[MAE, str]:
+    data = ckpt.read_torch_file(path)
+    state = data["model"] if isinstance(data.get("model"), dict) else data
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if "decoder_embed.weight" not in state:
+        raise UsageError(f"{path} holds an MAE encoder without its decoder; reconstructions need {DECODER_FILES}")
+    encoder = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token"))}
+    decoder_dim = state["decoder_embed.weight"].shape[0]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("decoder_blocks."))
+    if norm_pix is None:
+        norm_pix = "visualize" not in path.name
+    options = MAEConfig(arch=ckpt.infer_vit_arch(encoder, path), img_size=ckpt.native_img_size(encoder),
+                        norm_pix_loss=norm_pix, decoder_dim=decoder_dim, decoder_depth=depth,
+                        decoder_heads=max(1, decoder_dim // HEAD_DIM))  # heads are not stored: MAE's 32-d heads
+    model = MAE(options)
+    renamed = {(k if k not in encoder else f"backbone.{k}"): v for k, v in state.items()}
+    ckpt.load_strict(model, renamed, path)
+    return model, f"{path.name} ({options.arch})"
+
+
+def prepare_image(image: Image.Image, img_size: int) -> torch.Tensor:
+    """uint8 (3, S, S): short side resized to ``img_size`` (bicubic), centre crop."""
+    tensor = TF.pil_to_tensor(image)
+    tensor = TF.resize(tensor, img_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return TF.center_crop(tensor, img_size)
+
+
+@torch.no_grad()
+def reconstruct(model: MAE, image: torch.Tensor, mask_ratio: float, seed: int) -> dict:
+    """Mask ``image`` (uint8 (3, S, S)) with the seed's noise and reconstruct it.
+
+    Returns uint8 HWC arrays ``original``, ``masked``, ``reconstruction``, ``pasted``, the ``mask`` (L,) and the
+    masked-patch ``loss`` (the training loss: against normalised patches for norm-pix models).
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    loss, prediction, mask, x = model.forward_masked(image[None].to(device), mask_ratio, generator)
+    prediction, x = prediction.float(), x.float()
+    if model.options.norm_pix_loss:  # back to pixels with each true patch's mean and std
+        target = patchify(x, model.patch)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        prediction = prediction * std + target.mean(dim=-1, keepdim=True)
+    patch_mask = mask[..., None]
+    visible_pixels = patchify(x, model.patch)
+    pasted = visible_pixels * (1 - patch_mask) + prediction * patch_mask
+    grey = (GREY / 255 - torch.tensor(IMAGENET_MEAN, device=device)) / torch.tensor(IMAGENET_STD, device=device)
+    grey_patches = grey.repeat(model.patch * model.patch)[None, None]
+    masked = visible_pixels * (1 - patch_mask) + grey_patches * patch_mask
+    images = {name: _to_uint8(unpatchify(p, model.patch, model.grid))
+              for name, p in (("masked", masked), ("reconstruction", prediction), ("pasted", pasted))}
+    return {"original": image.permute(1, 2, 0).numpy(), **images, "mask": mask[0].cpu(), "loss": float(loss)}
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels[0].permute(1, 2, 0).cpu().numpy()
+
+
+def strip(panels: list[np.ndarray], labels: list[str], footer: str) -> Image.Image:
+    """Panels side by side (enlarged to >= 192 px by a whole factor), labels above, a footer line below."""
+    side = panels[0].shape[0]
+    scale = max(1, math.ceil(PANEL_MIN / side))
+    panel, gap, band = side * scale, 4, 20
+    canvas = Image.new("RGB", (len(panels) * panel + (len(panels) - 1) * gap, panel + 2 * band), "white")
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for i, (array, label) in enumerate(zip(panels, labels)):
+        left = i * (panel + gap)
+        canvas.paste(Image.fromarray(array).resize((panel, panel), Image.NEAREST), (left, band))
+        draw.text((left + 2, 3), label, fill="black", font=font)
+    draw.text((2, band + panel + 3), footer, fill="black", font=font)
+    return canvas
+
+
+def strip_size(img_size: int, panels: int = 4) -> tuple[int, int]:
+    """(width, height) of the PNG that :func:`strip` draws for ``img_size`` images."""
+    panel = img_size * max(1, math.ceil(PANEL_MIN / img_size))
+    return panels * panel + (panels - 1) * 4, panel + 40
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=13)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
