@@ -83,7 +83,9 @@ def random_masking(batch: int, length: int, mask_ratio: float, device=None, gene
     masked, and ``restore`` (B, L), the permutation that puts [visible, masked] back in patch order.
     """
     keep = int(length * (1 - mask_ratio))
-    noise = torch.rand(batch, length, device=device, generator=generator)
+    # with a generator the noise is drawn where it lives (a CPU one gives the same mask on any device)
+    noise = torch.rand(batch, length, device=generator.device if generator else device, generator=generator)
+    noise = noise.to(device)
     shuffle = noise.argsort(dim=1)
     restore = shuffle.argsort(dim=1)
     mask = torch.ones(batch, length, device=device)

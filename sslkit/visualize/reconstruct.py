@@ -88,7 +88,7 @@ def reconstruct(model: MAE, image: torch.Tensor, mask_ratio: float, seed: int) -
     masked-patch ``loss`` (the training loss: against normalised patches for norm-pix models).
     """
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same seed masks the same patches on any device
     loss, prediction, mask, x = model.forward_masked(image[None].to(device), mask_ratio, generator)
     prediction, x = prediction.float(), x.float()
     if model.options.norm_pix_loss:  # back to pixels with each true patch's mean and std
