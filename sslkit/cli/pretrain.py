@@ -219,7 +219,7 @@ def mae(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: --blr x batch/256).", rich_help_panel=OPT)] = None,
-    blr: Annotated[Optional[float], typer.Option(help="Base learning rate per 256 images (1.5e-4). Raise it (e.g. 1e-3) for short runs with small batches if the loss falls slowly.", rich_help_panel=OPT)] = None,
+    blr: Annotated[Optional[float], typer.Option(help="Base learning rate per 256 images (the recipe's 1.5e-4; main_pretrain.py's code default is 1e-3). Lower it if the loss jumps or turns NaN.", rich_help_panel=OPT)] = None,
     min_lr: MinLr = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(help="Epochs of linear lr warm-up (40; a tenth of runs under 400 epochs).", rich_help_panel=OPT)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (0.05), never on biases and norms.", rich_help_panel=OPT)] = None,

@@ -153,6 +153,8 @@ class MAE(nn.Module):
         self.normalize = Normalize()
         self.backbone.pos_embed.requires_grad_(False)  # fixed during pretraining (learnable again when finetuned)
         self.set_grid(options.img_size)
+        if int(self.num_patches * (1 - options.mask_ratio)) < 1:
+            raise UsageError(f"--mask-ratio {options.mask_ratio} leaves none of the {self.num_patches} patches visible")
         self._init_weights()
         console.info(
             f"mae: mask ratio {options.mask_ratio}, decoder {options.decoder_depth} blocks x {dec} "

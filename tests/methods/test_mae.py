@@ -136,6 +136,8 @@ def test_resolve_follows_the_paper_recipe_and_scales_warmup_and_decoder():
     (dict(mask_ratio=1.0), "--mask-ratio must lie strictly between 0 and 1"),
     (dict(decoder_dim=30, decoder_heads=4), "--decoder-dim 30 is not divisible by --decoder-heads 4"),
     (dict(arch="test_resnet"), "MAE needs a plain ViT with a class token"),
+    (dict(img_size=32, mask_ratio=0.8), "--mask-ratio 0.8 leaves none of the 4 patches visible"),
+    (dict(img_size=40), "--img-size 40 is not a multiple of the patch size 16"),
 ])
 def test_bad_settings_are_usage_errors(changes, message):
     with pytest.raises(UsageError, match=message):
