@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,3 +33,15 @@ def make_folder(root, classes: int = 2, per_class: int = 12, size: int = 40, see
 @pytest.fixture
 def image_folder(tmp_path):
     return make_folder(tmp_path / "images")
+
+
+def interrupt_at(monkeypatch, method_class, step: int) -> None:
+    """Send ourselves SIGINT right after optimizer step ``step`` of ``method_class``, as a Ctrl-C would."""
+    original = method_class.after_optimizer_step
+
+    def hooked(self, progress):
+        if progress.step == step:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, progress)
+
+    monkeypatch.setattr(method_class, "after_optimizer_step", hooked)

@@ -1,5 +1,4 @@
 import json
-import signal
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import sslkit
 from sslkit.engine import checkpoint as ckpt
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 from sslkit.methods.byol import BYOL
-from tests.conftest import TINY_BYOL
+from tests.conftest import TINY_BYOL, interrupt_at
 
 
 def losses(run) -> dict[int, float]:
@@ -20,24 +19,12 @@ def model_state(run) -> dict[str, torch.Tensor]:
     return ckpt.read_tensors(run / "checkpoints" / "last.safetensors", "model.")
 
 
-def interrupt_at(monkeypatch, step: int) -> None:
-    """Send ourselves SIGINT right after optimizer step ``step``, as a Ctrl-C would."""
-    original = BYOL.after_optimizer_step
-
-    def hooked(self, progress):
-        if progress.step == step:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, progress)
-
-    monkeypatch.setattr(BYOL, "after_optimizer_step", hooked)
-
-
 @pytest.mark.parametrize("stop_after", [1, 2], ids=["mid-epoch", "end-of-epoch"])
 def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path, monkeypatch, stop_after):
     settings = dict(TINY_BYOL, epochs=2, log_every=1)  # 24 images, batch 8: 3 steps per epoch
     sslkit.pretrain("byol", image_folder, tmp_path / "straight", **settings)
 
-    interrupt_at(monkeypatch, step=stop_after)
+    interrupt_at(monkeypatch, BYOL, step=stop_after)
     with pytest.raises(Interrupted) as stopped:
         sslkit.pretrain("byol", image_folder, tmp_path / "resumed", **settings)
     assert stopped.value.exit_code == 130

@@ -1,6 +1,5 @@
 import json
 import math
-import signal
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from sslkit.engine.trainer import clip_each_norm
 from sslkit.errors import Interrupted, UsageError
 from sslkit.methods.dino import DINO, auto_preset, dino_loss, resolve, teacher_temperature, update_center
 from sslkit.models.heads import DINOHead
+from tests.conftest import interrupt_at
 
 TINY_DINO = dict(arch="test_vit", img_size=32, out_dim=64, local_crops_number=2, batch_size=8, workers=0,
                  device="cpu")
@@ -171,14 +171,7 @@ def test_loss_falls_and_teacher_neither_collapses_nor_stays_uniform_on_a_tiny_se
 def test_resumed_dino_run_equals_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     settings = dict(TINY_DINO, epochs=2, log_every=1, warmup_teacher_temp=0.02, warmup_teacher_temp_epochs=2)
     sslkit.pretrain("dino", image_folder, tmp_path / "straight", **settings)
-    original = DINO.after_optimizer_step
-
-    def interrupt_after_step_1(self, progress):
-        if progress.step == 1:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, progress)
-
-    monkeypatch.setattr(DINO, "after_optimizer_step", interrupt_after_step_1)
+    interrupt_at(monkeypatch, DINO, step=1)
     with pytest.raises(Interrupted):
         sslkit.pretrain("dino", image_folder, tmp_path / "resumed", **settings)
     monkeypatch.undo()

@@ -7,10 +7,11 @@ import torch
 import sslkit
 from sslkit.config import MAEConfig, TrainConfig
 from sslkit.engine import checkpoint as ckpt
-from sslkit.errors import UsageError
+from sslkit.errors import Interrupted, UsageError
 from sslkit.methods.mae import (
     MAE, decoder_preset, masked_mse, patchify, random_masking, resolve, sincos_1d, sincos_2d, unpatchify,
 )
+from tests.conftest import interrupt_at
 
 TINY = MAEConfig(arch="test_vit", img_size=64, decoder_dim=32, decoder_depth=2, decoder_heads=2)
 
@@ -161,21 +162,10 @@ def test_pretraining_lowers_the_loss_and_the_checkpoint_serves_knn(tmp_path, ima
 
 
 def test_resumed_mae_run_equals_uninterrupted_run(image_folder, tmp_path, monkeypatch):
-    import signal
-
-    from sslkit.errors import Interrupted
-
     settings = dict(arch="test_vit", img_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=2, epochs=2,
                     batch_size=8, workers=0, device="cpu", log_every=1)
     sslkit.pretrain("mae", image_folder, tmp_path / "straight", **settings)
-    original = MAE.after_optimizer_step
-
-    def interrupt_after_step_1(self, progress):
-        if progress.step == 1:
-            signal.raise_signal(signal.SIGINT)
-        return original(self, progress)
-
-    monkeypatch.setattr(MAE, "after_optimizer_step", interrupt_after_step_1)
+    interrupt_at(monkeypatch, MAE, step=1)
     with pytest.raises(Interrupted):
         sslkit.pretrain("mae", image_folder, tmp_path / "resumed", **settings)
     monkeypatch.undo()
