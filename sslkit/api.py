@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sslkit import config as cfg
+from sslkit import config as cfg, console
 from sslkit.config import KNNConfig, PretrainConfig, TrainConfig
 from sslkit.data.folders import ImageFolder, images_under, load_rgb
 from sslkit.data.loader import default_workers
@@ -152,7 +152,7 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
     patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
     out = Path(out)
     results = []
-    for path, name in zip(files, unique_names(files)):
+    for path, name in console.track(zip(files, unique_names(files)), len(files), "attention maps"):
         image = viz.prepare_image(load_rgb(path), img_size, patch)
         grid = (image.shape[-2] // patch, image.shape[-1] // patch)
         probs = viz.last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)))
@@ -211,7 +211,7 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_r
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path, name in zip(files, unique_names(files)):
+    for path, name in console.track(zip(files, unique_names(files)), len(files), "reconstructions"):
         shown = viz.reconstruct(mae, viz.prepare_image(load_rgb(path), img_size), mask_ratio, seed)
         panels = [shown[k] for k in ("original", "masked", "reconstruction", "pasted")]
         target = out / f"{name}.png"

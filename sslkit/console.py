@@ -25,3 +25,10 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     if not _quiet:
         stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
+
+def track(items, total: int, label: str):
+    """``items`` with a transient progress bar on stderr (none when quiet)."""
+    from rich.progress import track as rich_track
+
+    return rich_track(items, description=label, total=total, console=stderr, transient=True, disable=_quiet)
