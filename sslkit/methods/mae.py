@@ -46,15 +46,18 @@ def resolve(train: TrainConfig, options: MAEConfig, num_images: int) -> tuple[Tr
     epochs (a tenth of runs shorter than 400 epochs), no clipping; the decoder from the encoder's width."""
     validate_mae(options)
     train = dataclasses.replace(train, optimizer=train.optimizer or "adamw", betas=train.betas or BETAS)
-    defaults = dict(lr=options.blr * train.batch_size / 256, min_lr=0.0, warmup_epochs=min(WARMUP_EPOCHS, train.epochs / 10),
-                    weight_decay=WEIGHT_DECAY, clip_grad=0.0, clip_per_param=False)
+    defaults = dict(lr=options.blr * train.batch_size / 256, min_lr=0.0, weight_decay=WEIGHT_DECAY, clip_grad=0.0,
+                    clip_per_param=False, warmup_epochs=min(WARMUP_EPOCHS, train.epochs / 10))
     for name, value in defaults.items():
         if getattr(train, name) is None:
             setattr(train, name, value)
     options = dataclasses.replace(options)
     with torch.device("meta"):  # only the width is needed: no memory, no init
         encoder_dim = create_backbone(options.arch, options.img_size).num_features
-    for name, value in decoder_preset(encoder_dim).items():
+    preset = decoder_preset(encoder_dim)
+    if options.decoder_dim is not None:  # a width given alone keeps 32-d heads
+        preset["decoder_heads"] = max(1, options.decoder_dim // HEAD_DIM)
+    for name, value in preset.items():
         if getattr(options, name) is None:
             setattr(options, name, value)
     validate_mae(options)
@@ -163,7 +166,8 @@ class MAE(nn.Module):
 
     def _check_encoder(self) -> None:
         bb = self.backbone
-        if not is_vit(bb) or getattr(bb, "cls_token", None) is None or bb.num_prefix_tokens != 1 or bb.no_embed_class:
+        plain = is_vit(bb) and getattr(bb, "cls_token", None) is not None and bb.num_prefix_tokens == 1
+        if not plain or bb.no_embed_class:
             raise UsageError(f"MAE needs a plain ViT with a class token (e.g. vit_base_patch16_224), not {self.options.arch}")
 
     def set_grid(self, img_size: int) -> None:

@@ -95,7 +95,8 @@ def test_sincos_position_embedding_values():
     grid = sincos_2d(8, (2, 3))
     assert grid.shape == (1, 7, 8) and grid[0, 0].abs().sum() == 0  # CLS row is zero
     # token 5 = row 1, column 2: first half encodes the column, second half the row
-    assert torch.allclose(grid[0, 1 + 5], torch.cat([sincos_1d(4, torch.tensor([2])), sincos_1d(4, torch.tensor([1]))], 1)[0].float())
+    column_2, row_1 = sincos_1d(4, torch.tensor([2])), sincos_1d(4, torch.tensor([1]))
+    assert torch.allclose(grid[0, 1 + 5], torch.cat([column_2, row_1], dim=1)[0].float())
 
 
 def test_position_embeddings_are_fixed_and_only_trainable_tensors_reach_the_optimizer():
@@ -126,10 +127,13 @@ def test_resolve_follows_the_paper_recipe_and_scales_warmup_and_decoder():
     assert train.lr == pytest.approx(1.5e-4 * 16) and train.betas == (0.9, 0.95) and train.weight_decay == 0.05
     assert train.warmup_epochs == 40 and train.min_lr == 0.0 and train.optimizer == "adamw" and train.clip_grad == 0
     assert (options.decoder_dim, options.decoder_depth, options.decoder_heads) == (512, 8, 16)
-    train, options = resolve(TrainConfig(epochs=100, batch_size=64, lr=1e-3), MAEConfig(arch="vit_tiny_patch16_224"), 3000)
+    tiny = MAEConfig(arch="vit_tiny_patch16_224")
+    train, options = resolve(TrainConfig(epochs=100, batch_size=64, lr=1e-3), tiny, 3000)
     assert train.lr == 1e-3 and train.warmup_epochs == 10
     assert (options.decoder_dim, options.decoder_depth, options.decoder_heads) == (96, 4, 3)
     assert decoder_preset(384) == dict(decoder_dim=192, decoder_depth=4, decoder_heads=6)
+    _, options = resolve(TrainConfig(), MAEConfig(arch="vit_tiny_patch16_224", decoder_dim=128), 10)
+    assert (options.decoder_dim, options.decoder_depth, options.decoder_heads) == (128, 4, 4)
     assert decoder_preset(1024) == dict(decoder_dim=512, decoder_depth=8, decoder_heads=16)
 
 
