@@ -192,8 +192,6 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_r
     from sslkit.visualize import reconstruct as viz
 
     cfg.choice("device", device, cfg.DEVICES)
-    if mask_ratio is not None and not 0 < mask_ratio < 1:
-        raise UsageError(f"--mask-ratio must lie strictly between 0 and 1, not {mask_ratio}")
     if img_size is not None and img_size <= 0:
         raise UsageError(f"--img-size must be positive, not {img_size}")
     files = image_files(images)
@@ -201,8 +199,7 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_r
     mask_ratio = mae.options.mask_ratio if mask_ratio is None else mask_ratio
     img_size = img_size or mae.options.img_size
     mae.set_grid(img_size)  # fixed sin-cos position embeddings: exact at any multiple of the patch size
-    if int(mae.num_patches * (1 - mask_ratio)) < 1:
-        raise UsageError(f"--mask-ratio {mask_ratio} leaves no visible patch of {mae.num_patches}")
+    mae.check_mask_ratio(mask_ratio)
     mae = mae.to(resolve_device(device)).eval()
     norm_pix = mae.options.norm_pix_loss
     labels = ["original", f"masked {mask_ratio:.0%}", "reconstruction", "reconstruction + visible"]

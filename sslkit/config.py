@@ -135,6 +135,11 @@ class KNNConfig:
     arch: str | None = None  # timm name of a .pth file's model (inferred for ViTs)
 
 
+def with_defaults(settings, **defaults):
+    """A copy of the dataclass ``settings`` with each field that is None set from ``defaults``."""
+    return dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
+
+
 def field_names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 

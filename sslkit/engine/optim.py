@@ -9,6 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+ADAMW_BETAS = (0.9, 0.999)  # torch's and the BYOL / DINO setting; MAE has its own
+
 
 def decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
     """Two groups: weights with decay, and biases / norm parameters (every tensor of rank <= 1) without."""

@@ -8,18 +8,17 @@ pair: ``2 - 2 cos(q, z')``, summed over both view orders. Reference values are i
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.config import BYOLConfig, TrainConfig, validate_byol
+from sslkit.config import BYOLConfig, TrainConfig, validate_byol, with_defaults
 from sslkit.data.views import byol_views
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
-from sslkit.engine.optim import decay_groups
+from sslkit.engine.optim import ADAMW_BETAS, decay_groups
 from sslkit.engine.schedules import cosine
 from sslkit.models.backbones import Normalize, create_backbone, feature_dim, patch_size, prefers_channels_last
 from sslkit.models.heads import MLP
@@ -28,7 +27,7 @@ from sslkit.models.heads import MLP
 PRESETS = {40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996)}
 OFFICIAL_WARMUP_EPOCHS = 10
 # AdamW is not in the paper: sslkit's fallback for small batches, where LARS's trust ratio is noisy
-ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY, ADAMW_BETAS = 1e-3, 1e-4, (0.9, 0.999)
+ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY = 1e-3, 1e-4
 SGD_BASE_LR = 0.05
 
 
@@ -49,23 +48,11 @@ def resolve(train: TrainConfig, options: BYOLConfig, num_images: int) -> tuple[T
         base_lr, weight_decay = ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY
     elif optimizer == "sgd":
         base_lr = SGD_BASE_LR
-    train = dataclasses.replace(train, optimizer=optimizer, betas=train.betas or ADAMW_BETAS)
-    if train.lr is None:
-        train.lr = base_lr * train.batch_size / 256
-    if train.weight_decay is None:
-        train.weight_decay = weight_decay
-    if train.min_lr is None:
-        train.min_lr = 0.0
-    if train.clip_grad is None:
-        train.clip_grad = 0.0
-    if train.clip_per_param is None:
-        train.clip_per_param = False
-    if train.warmup_epochs is None:
-        # 10 epochs as the official runs (40 to 1000 epochs); a quarter of the run when shorter than 40
-        train.warmup_epochs = min(OFFICIAL_WARMUP_EPOCHS, train.epochs / 4)
-    options = dataclasses.replace(options)
-    if options.tau_base is None:
-        options.tau_base = tau_base
+    # warm-up: 10 epochs as the official runs (40 to 1000 epochs); a quarter of the run when shorter than 40
+    train = with_defaults(train, optimizer=optimizer, betas=ADAMW_BETAS, lr=base_lr * train.batch_size / 256,
+                          weight_decay=weight_decay, min_lr=0.0, clip_grad=0.0, clip_per_param=False,
+                          warmup_epochs=min(OFFICIAL_WARMUP_EPOCHS, train.epochs / 4))
+    options = with_defaults(options, tau_base=tau_base)
     return train, options
 
 

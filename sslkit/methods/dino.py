@@ -9,7 +9,6 @@ DESIGN.md section 4; the ``auto`` preset that keeps small runs from collapsing i
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 
@@ -19,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import console
-from sslkit.config import DINOConfig, TrainConfig, validate_dino
+from sslkit.config import DINOConfig, TrainConfig, validate_dino, with_defaults
 from sslkit.data.views import MultiCrop, local_crop_size
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
-from sslkit.engine.optim import decay_groups
+from sslkit.engine.optim import ADAMW_BETAS, decay_groups
 from sslkit.engine.schedules import cosine
 from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, create_backbone, feature_dim, patch_size, prefers_channels_last
@@ -77,17 +76,10 @@ def resolve(train: TrainConfig, options: DINOConfig, num_images: int) -> tuple[T
     validate_dino(options)
     chosen = auto_preset(num_images, train.epochs, train.batch_size) if options.preset == "auto" else \
         dict(IMAGENET, warmup_epochs=WARMUP_EPOCHS, lr=BASE_LR * train.batch_size / 256)
-    train = dataclasses.replace(train, optimizer=train.optimizer or "adamw", betas=train.betas or (0.9, 0.999))
-    defaults = dict(lr=chosen.pop("lr"), min_lr=MIN_LR, warmup_epochs=chosen.pop("warmup_epochs"),
-                    weight_decay=WEIGHT_DECAY, weight_decay_end=WEIGHT_DECAY_END, clip_grad=CLIP_GRAD,
-                    clip_per_param=True)
-    for name, value in defaults.items():
-        if getattr(train, name) is None:
-            setattr(train, name, value)
-    options = dataclasses.replace(options)
-    for name, value in chosen.items():
-        if getattr(options, name) is None:
-            setattr(options, name, value)
+    train = with_defaults(train, optimizer="adamw", betas=ADAMW_BETAS, lr=chosen.pop("lr"), min_lr=MIN_LR,
+                          warmup_epochs=chosen.pop("warmup_epochs"), weight_decay=WEIGHT_DECAY,
+                          weight_decay_end=WEIGHT_DECAY_END, clip_grad=CLIP_GRAD, clip_per_param=True)
+    options = with_defaults(options, **chosen)
     return train, options
 
 

@@ -12,7 +12,6 @@ Module names follow the official checkpoints (``mask_token``, ``decoder_embed``,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from functools import partial
 
@@ -21,7 +20,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from sslkit import console
-from sslkit.config import MAEConfig, TrainConfig, validate_mae
+from sslkit.config import MAEConfig, TrainConfig, validate_mae, with_defaults
 from sslkit.data.views import mae_view
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import decay_groups
@@ -45,21 +44,15 @@ def resolve(train: TrainConfig, options: MAEConfig, num_images: int) -> tuple[Tr
     """Fill unset settings: lr = blr x batch / 256, AdamW (0.9, 0.95), weight decay 0.05, cosine to 0, warm-up 40
     epochs (a tenth of runs shorter than 400 epochs), no clipping; the decoder from the encoder's width."""
     validate_mae(options)
-    train = dataclasses.replace(train, optimizer=train.optimizer or "adamw", betas=train.betas or BETAS)
-    defaults = dict(lr=options.blr * train.batch_size / 256, min_lr=0.0, weight_decay=WEIGHT_DECAY, clip_grad=0.0,
-                    clip_per_param=False, warmup_epochs=min(WARMUP_EPOCHS, train.epochs / 10))
-    for name, value in defaults.items():
-        if getattr(train, name) is None:
-            setattr(train, name, value)
-    options = dataclasses.replace(options)
+    train = with_defaults(train, optimizer="adamw", betas=BETAS, lr=options.blr * train.batch_size / 256, min_lr=0.0,
+                          weight_decay=WEIGHT_DECAY, clip_grad=0.0, clip_per_param=False,
+                          warmup_epochs=min(WARMUP_EPOCHS, train.epochs / 10))
     with torch.device("meta"):  # only the width is needed: no memory, no init
         encoder_dim = create_backbone(options.arch, options.img_size).num_features
     preset = decoder_preset(encoder_dim)
     if options.decoder_dim is not None:  # a width given alone keeps 32-d heads
         preset["decoder_heads"] = max(1, options.decoder_dim // HEAD_DIM)
-    for name, value in preset.items():
-        if getattr(options, name) is None:
-            setattr(options, name, value)
+    options = with_defaults(options, **preset)
     validate_mae(options)
     return train, options
 
@@ -156,8 +149,7 @@ class MAE(nn.Module):
         self.normalize = Normalize()
         self.backbone.pos_embed.requires_grad_(False)  # fixed during pretraining (learnable again when finetuned)
         self.set_grid(options.img_size)
-        if int(self.num_patches * (1 - options.mask_ratio)) < 1:
-            raise UsageError(f"--mask-ratio {options.mask_ratio} leaves none of the {self.num_patches} patches visible")
+        self.check_mask_ratio(options.mask_ratio)
         self._init_weights()
         console.info(
             f"mae: mask ratio {options.mask_ratio}, decoder {options.decoder_depth} blocks x {dec} "
@@ -183,6 +175,13 @@ class MAE(nn.Module):
             self.backbone.pos_embed.data = sincos_2d(self.backbone.num_features, grid).to(device)
             self.decoder_pos_embed.data = sincos_2d(self.options.decoder_dim, grid).to(device)
         self.backbone.pos_embed.requires_grad_(False)
+
+    def check_mask_ratio(self, mask_ratio: float) -> None:
+        """A usage error unless ``mask_ratio`` hides some patches and leaves at least one of this grid's visible."""
+        if not 0 < mask_ratio < 1:
+            raise UsageError(f"--mask-ratio must lie strictly between 0 and 1, not {mask_ratio}")
+        if int(self.num_patches * (1 - mask_ratio)) < 1:
+            raise UsageError(f"--mask-ratio {mask_ratio} leaves none of the {self.num_patches} patches visible")
 
     @torch.no_grad()
     def _init_weights(self) -> None:

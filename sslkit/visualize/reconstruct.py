@@ -90,27 +90,22 @@ def reconstruct(model: MAE, image: torch.Tensor, mask_ratio: float, seed: int) -
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same seed masks the same patches on any device
     loss, prediction, mask, x = model.forward_masked(image[None].to(device), mask_ratio, generator)
-    prediction, x = prediction.float(), x.float()
-    if model.options.norm_pix_loss:  # back to pixels with each true patch's mean and std
-        target = patchify(x, model.patch)
-        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
-        prediction = prediction * std + target.mean(dim=-1, keepdim=True)
-    patch_mask = mask[..., None]
-    visible_pixels = patchify(x, model.patch)
-    pasted = visible_pixels * (1 - patch_mask) + prediction * patch_mask
-    grey = (GREY / 255 - torch.tensor(IMAGENET_MEAN, device=device)) / torch.tensor(IMAGENET_STD, device=device)
-    grey_patches = grey.repeat(model.patch * model.patch)[None, None]
-    masked = visible_pixels * (1 - patch_mask) + grey_patches * patch_mask
-    images = {name: _to_uint8(unpatchify(p, model.patch, model.grid))
-              for name, p in (("masked", masked), ("reconstruction", prediction), ("pasted", pasted))}
-    return {"original": image.permute(1, 2, 0).numpy(), **images, "mask": mask[0].cpu(), "loss": float(loss)}
+    prediction, mask = prediction.float().cpu(), mask.cpu()
+    if model.options.norm_pix_loss:  # back to normalised pixels with each true patch's mean and std
+        target = patchify(x.float(), model.patch).cpu()
+        prediction = prediction * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    # to 0-255 pixel values; a patch's values run (row, column, channel), so the channel statistics repeat
+    mean, std = (torch.tensor(values).repeat(model.patch**2) for values in (IMAGENET_MEAN, IMAGENET_STD))
+    predicted = (prediction * std + mean) * 255
+    original, hidden = patchify(image[None].float(), model.patch), mask[..., None]
+    panels = {"masked": original * (1 - hidden) + GREY * hidden, "reconstruction": predicted,
+              "pasted": original * (1 - hidden) + predicted * hidden}
+    images = {name: _to_uint8(unpatchify(p, model.patch, model.grid)) for name, p in panels.items()}
+    return {"original": image.permute(1, 2, 0).numpy(), **images, "mask": mask[0], "loss": float(loss)}
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-    return pixels[0].permute(1, 2, 0).cpu().numpy()
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    return pixels[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def strip(panels: list[np.ndarray], labels: list[str], footer: str) -> Image.Image:
