@@ -30,6 +30,14 @@ def make_folder(root, classes: int = 2, per_class: int = 12, size: int = 40, see
     return root
 
 
+@pytest.fixture(autouse=True)
+def feature_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty feature cache, never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("feature-cache")
+    monkeypatch.setenv("SSLKIT_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     return make_folder(tmp_path / "images")

@@ -131,13 +131,14 @@ class LoadedBackbone:
     arch: str
     img_size: int
     description: str
+    source: str  # the file the weights came from, or timm:ARCH
 
 
 FOREIGN_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
 
 
 def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | None = None, *,
-                  arch: str | None = None, dynamic: bool = False) -> LoadedBackbone:
+                  arch: str | None = None, dynamic: bool = False, drop_path_rate: float = 0.0) -> LoadedBackbone:
     """The backbone that ``MODEL`` names: a run directory, an sslkit ``.safetensors``, an official DINO / MAE
     ``.pth`` or ``timm:ARCH``.
 
@@ -145,12 +146,15 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     methods that train both. ``img_size`` (default: the size the model was trained at; 224 for ``timm:`` and
     ``.pth``) resizes a ViT's position embedding; with ``dynamic`` a ViT takes any input size (its position
     embedding resampled per call). ``arch`` names the timm model of a ``.pth`` file (inferred for ViTs).
+    ``drop_path_rate`` is for fine-tuning a ViT.
     """
     vit_options = {"dynamic_img_size": True} if dynamic else {}
+    if drop_path_rate:
+        vit_options["drop_path_rate"] = drop_path_rate
     if spec.startswith("timm:"):
         arch = spec[len("timm:"):]
         size = img_size or 224
-        return LoadedBackbone(create_backbone(arch, size, **vit_options), arch, size, f"{arch}, random init")
+        return LoadedBackbone(create_backbone(arch, size, **vit_options), arch, size, f"{arch}, random init", spec)
     path = Path(spec)
     if path.is_dir():
         path = path / "checkpoints" / "last.safetensors"
@@ -175,7 +179,7 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
         module.set_input_size(img_size=img_size)  # resamples the position embedding
     description = f"{metadata['method']} {arch} ({checkpoint_key}), step {metadata.get('step', '?')}"
-    return LoadedBackbone(module, arch, img_size or trained_size, description)
+    return LoadedBackbone(module, arch, img_size or trained_size, description, str(path))
 
 
 def _load_foreign(path: Path, checkpoint_key: str, img_size: int | None, arch: str | None,
@@ -186,9 +190,9 @@ def _load_foreign(path: Path, checkpoint_key: str, img_size: int | None, arch: s
     native = native_img_size(state)
     module = create_backbone(arch, native, **vit_options)
     load_strict(module, state, path)
-    if img_size and img_size != native and is_vit(module) and not vit_options:
+    if img_size and img_size != native and is_vit(module) and "dynamic_img_size" not in vit_options:
         module.set_input_size(img_size=img_size)
-    return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})")
+    return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})", str(path))
 
 
 def native_img_size(state: dict[str, torch.Tensor]) -> int:

@@ -1,17 +1,34 @@
-"""Features of a frozen backbone over a whole data set: batched, mixed precision, with progress."""
+"""Features of a frozen backbone over a whole data set: batched, mixed precision, with progress, cached.
+
+The cache holds one safetensors file per (model weights, feature recipe, transform, list of files): a second
+probe of the same model on the same folders (k-NN, linear, several learning rates, ...) reads the features
+instead of running the network again. The key hashes the model file's bytes, so retraining a run into the
+same directory never returns stale features; the image files are keyed by path, size and modification time.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import Dataset
 
 from sslkit import console
 from sslkit.data.loader import make_loader
-from sslkit.models.backbones import FeatureExtractor
+from sslkit.models.backbones import FeatureExtractor, FeatureRecipe
+
+CACHE_ENV = "SSLKIT_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sslkit" / "features")
 
 
 @torch.no_grad()
@@ -23,15 +40,22 @@ def extract_features(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     label: str,
+    recipe: FeatureRecipe | None = None,
+    show_progress: bool = True,
+    freeze: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised fp32 features (on the CPU, N x D) and labels of every image of ``dataset``, in order."""
-    extractor = FeatureExtractor(backbone).to(device)
+    """fp32 features (on the CPU, N x D, not normalised) and labels of every image of ``dataset``, in order.
+
+    ``freeze`` puts the backbone in eval mode without gradients for good; False leaves a network that is still
+    training as it is (the caller switches it to eval mode for the duration).
+    """
+    extractor = FeatureExtractor(backbone, recipe, freeze).to(device)
     loader = make_loader(dataset, batch_size, workers, device, shuffle=False)
     features, labels, filled = None, torch.empty(len(dataset), dtype=torch.long), 0
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    with _bar(label, len(dataset)) as (bar, task), autocast:
+    with _bar(label, len(dataset), show_progress) as (bar, task), autocast:
         for images, targets in loader:
-            batch = F.normalize(extractor(images.to(device, non_blocking=True)), dim=1).cpu()
+            batch = extractor(images.to(device, non_blocking=True)).cpu()
             if features is None:
                 features = torch.empty(len(dataset), batch.shape[1])
             features[filled : filled + len(batch)] = batch
@@ -41,11 +65,73 @@ def extract_features(
     return features, labels
 
 
+def cached_features(cache_dir: Path | None, model_id: str, recipe: FeatureRecipe, transform, dataset,
+                    **extract) -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract_features`` of ``dataset`` (an sslkit ImageFolder), read from ``cache_dir`` when it holds them.
+
+    ``model_id`` identifies the weights (see ``model_fingerprint``); ``transform`` is the evaluation transform,
+    keyed by its description. ``cache_dir`` None computes without caching.
+    """
+    if cache_dir is None:
+        return extract_features(dataset=dataset, recipe=recipe, **extract)
+    files = [(str(f.resolve()), *_stat(f)) for f in dataset.files]
+    key = {"model": model_id, "recipe": repr(recipe), "transform": repr(transform), "files": files,
+           "labels": dataset.labels, "precision": str(extract.get("amp_dtype"))}
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+    path = Path(cache_dir) / f"{digest}.safetensors"
+    if path.is_file():
+        try:
+            cached = load_file(path)
+            console.info(f"features {extract.get('label', '')}: read from the cache ({path})")
+            return cached["features"], cached["labels"]
+        except Exception:  # an unreadable cache entry is recomputed, never trusted
+            console.warn(f"ignoring an unreadable feature cache file {path}")
+    features, labels = extract_features(dataset=dataset, recipe=recipe, **extract)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    metadata = {"model": model_id, "recipe": repr(recipe), "transform": repr(transform), "root": str(dataset.root),
+                "files": json.dumps([f[0] for f in files])}
+    save_file({"features": features.contiguous(), "labels": labels}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return features, labels
+
+
+def model_fingerprint(source: str, extra: str = "") -> str:
+    """What identifies a model's weights: the SHA-256 of its file, or the spec of a ``timm:`` random init."""
+    path = Path(source)
+    if not path.is_file():
+        return f"{source}|{extra}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}|{extra}"
+
+
+class FeatureSet(Dataset):
+    """Precomputed features as a training set: items ``(feature, label)``, indexed like an ImageFolder."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item  # (index, augmentation seed): nothing to augment
+        return self.features[index], self.labels[index]
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
+
+
 class _bar:
-    def __init__(self, label: str, total: int):
+    def __init__(self, label: str, total: int, show: bool):
         self.progress = Progress(
             TextColumn(f"features {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console.stderr, disable=console.is_quiet(), transient=True,
+            console=console.stderr, disable=console.is_quiet() or not show, transient=True,
         )
         self.task = self.progress.add_task(label, total=total)
 

@@ -7,6 +7,7 @@ for ViTs, global average pooling for conv nets. Every evaluation takes its featu
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from functools import lru_cache
 
 import timm
@@ -76,15 +77,76 @@ def prefers_channels_last(model: nn.Module) -> bool:
     return not is_vit(model) and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-class FeatureExtractor(nn.Module):
-    """A frozen backbone as a function from uint8 image batches to pooled embeddings (fp32)."""
+POOLS = ("default", "token", "avg")
 
-    def __init__(self, backbone: nn.Module):
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """Which features of a frozen backbone an evaluation uses.
+
+    ``pool``: the model's own pooled embedding (``default``: CLS token for ViTs, average pool for conv nets),
+    the CLS ``token``, or the ``avg`` of the patch tokens. ViTs only: ``n_last_blocks`` concatenates the
+    (final-norm) CLS tokens of the last N blocks and ``avgpool_patchtokens`` adds the last block's average
+    patch token, as DINO's eval_linear.py does.
+    """
+
+    pool: str = "default"
+    n_last_blocks: int = 1
+    avgpool_patchtokens: bool = False
+
+    def check(self, backbone: nn.Module) -> None:
+        if self.pool not in POOLS:
+            raise UsageError(f"--pool must be one of {', '.join(POOLS)}, not '{self.pool}'")
+        if self.n_last_blocks < 1:
+            raise UsageError(f"--n-last-blocks must be positive, not {self.n_last_blocks}")
+        if is_vit(backbone):
+            if self.n_last_blocks > len(backbone.blocks):
+                raise UsageError(f"--n-last-blocks {self.n_last_blocks}: the model has {len(backbone.blocks)} blocks")
+        elif self.pool == "token" or self.n_last_blocks > 1 or self.avgpool_patchtokens:
+            raise UsageError("--pool token, --n-last-blocks and --avgpool-patchtokens need a vision transformer; "
+                             "conv nets give their average-pooled last feature map")
+
+    @property
+    def plain(self) -> bool:
+        return self.n_last_blocks == 1 and not self.avgpool_patchtokens
+
+    def describe(self) -> str:
+        parts = [f"{self.pool} pool" if self.n_last_blocks == 1 else f"CLS of the last {self.n_last_blocks} blocks"]
+        if self.avgpool_patchtokens:
+            parts.append("average patch token")
+        return " + ".join(parts)
+
+
+def recipe_features(backbone: nn.Module, x: torch.Tensor, recipe: FeatureRecipe) -> torch.Tensor:
+    """The features ``recipe`` names for the normalised image batch ``x``."""
+    if not is_vit(backbone) or (recipe.plain and recipe.pool == "default"):
+        return backbone(x)
+    if recipe.plain:
+        tokens = backbone.forward_features(x)  # final-norm tokens, prefix first
+        return tokens[:, 0] if recipe.pool == "token" else tokens[:, backbone.num_prefix_tokens:].mean(dim=1)
+    blocks = backbone.forward_intermediates(x, indices=recipe.n_last_blocks, norm=True, output_fmt="NLC",
+                                           intermediates_only=True, return_prefix_tokens=True)
+    output = torch.cat([prefix[:, 0] for _, prefix in blocks], dim=-1)
+    if recipe.avgpool_patchtokens:
+        patches = blocks[-1][0].mean(dim=1)
+        if recipe.n_last_blocks == 1:  # DINO interleaves CLS and average (stack, flatten): kept so its heads fit
+            return torch.stack([output, patches], dim=-1).flatten(1)
+        output = torch.cat([output, patches], dim=-1)
+    return output
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen backbone as a function from uint8 image batches to features (fp32), by ``recipe``."""
+
+    def __init__(self, backbone: nn.Module, recipe: FeatureRecipe | None = None, freeze: bool = True):
         super().__init__()
-        self.backbone = backbone.eval().requires_grad_(False)
+        # freeze=False for a network still in training (online k-NN): the caller runs it in eval mode, no grad
+        self.backbone = backbone.eval().requires_grad_(False) if freeze else backbone
+        self.recipe = recipe or FeatureRecipe()
+        self.recipe.check(backbone)
         self.normalize = Normalize()
         self.channels_last = prefers_channels_last(backbone)
-        if self.channels_last:
+        if self.channels_last and freeze:
             self.backbone.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
@@ -92,4 +154,4 @@ class FeatureExtractor(nn.Module):
         x = self.normalize(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).float()
+        return recipe_features(self.backbone, x, self.recipe).float()
