@@ -31,6 +31,7 @@ class ProgressDisplay:
             disable=console.is_quiet(),
         )
         self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, epoch=f"?/{epochs}", stats="")
+        self.scores = ""
 
     def __enter__(self):
         self.bar.start()
@@ -46,7 +47,11 @@ class ProgressDisplay:
         parts = [f"loss {values['loss']:.4f}", f"lr {values['lr']:.2e}", f"{values['img_per_s']:.0f} img/s"]
         if values.get("data_wait", 0) > 0.2:
             parts.append(f"data wait {values['data_wait']:.0%}")
-        self.bar.update(self.task, stats="  ".join(parts))
+        self.bar.update(self.task, stats="  ".join(parts + ([self.scores] if self.scores else [])))
+
+    def show_scores(self, scores: dict) -> None:
+        """The latest evaluation (accuracies), kept on the progress line until the next one."""
+        self.scores = "  ".join(f"{k.replace('_top1', '')} {v:.1f}%" for k, v in scores.items() if k.endswith("top1"))
 
 
 class MetricsLog:

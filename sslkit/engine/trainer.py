@@ -15,7 +15,9 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from sslkit import console
@@ -69,9 +71,23 @@ class Window:
     start: float = 0.0
 
 
+@dataclass
+class Evaluation:
+    """Scores computed after every ``every`` epochs and after the last: online k-NN, a probe's val accuracy.
+
+    ``score`` runs with the model in eval mode and without gradients. With ``best`` (a key of the scores),
+    ``checkpoints/best.safetensors`` keeps the state at which that score was highest.
+    """
+
+    score: Callable[[], dict[str, float]]
+    every: int = 1
+    best: str | None = None
+
+
 class Trainer:
-    def __init__(self, method: Method, dataset, cfg: TrainConfig, out: Path, run_config: dict):
-        self.cfg, self.out, self.run_config = cfg, Path(out), run_config
+    def __init__(self, method: Method, dataset, cfg: TrainConfig, out: Path, run_config: dict,
+                 evaluation: Evaluation | None = None):
+        self.cfg, self.out, self.run_config, self.evaluation = cfg, Path(out), run_config, evaluation
         self.device = resolve_device(cfg.device)
         self.precision, self.amp_dtype = resolve_precision(cfg.precision, self.device)
         if cfg.batch_size % cfg.accum_steps:
@@ -99,6 +115,8 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.first_bad_step = torch.full((), -1, device=self.device)
         self.checkpoint_path = self.out / "checkpoints" / "last.safetensors"
+        self.best_path = self.out / "checkpoints" / "best.safetensors"
+        self.best: dict | None = None  # {"key", "value", "epoch", "step"} of the best evaluation so far
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
 
     # ---------------------------------------------------------------- the loop
@@ -115,9 +133,16 @@ class Trainer:
                 done_in_epoch = self.step - epoch * self.steps_per_epoch
                 self.sampler.set_epoch(epoch, start=done_in_epoch * self.cfg.batch_size)
                 self._run_epoch(epoch, stop, display)
-                if (epoch + 1) % self.cfg.save_every == 0 or epoch + 1 == self.cfg.epochs:
+                improved = self._evaluate(epoch, display)
+                if (epoch + 1) % self.cfg.save_every == 0 or epoch + 1 == self.cfg.epochs or stop["signal"]:
                     self._save()
-        return {"steps": self.step, "checkpoint": str(self.checkpoint_path)}
+                if improved:
+                    self._save(self.best_path)
+                if stop["signal"]:
+                    self._write_curves()
+                    raise Interrupted(f"interrupted after epoch {epoch + 1}; resume with --resume", 128 + stop["signal"])
+        self._write_curves()
+        return {"steps": self.step, "checkpoint": str(self.checkpoint_path), **({"best": self.best} if self.best else {})}
 
     def _run_epoch(self, epoch: int, stop: dict, display: ProgressDisplay) -> None:
         window = self._new_window()
@@ -151,15 +176,42 @@ class Trainer:
                 window = self._new_window()
             if stop["signal"] and not end_of_epoch:
                 self._save()
+                self._write_curves()
                 raise Interrupted(f"interrupted at step {self.step}; resume with --resume", 128 + stop["signal"])
             fetched = time.perf_counter()
         seconds = time.perf_counter() - epoch_start
         loss = (epoch_loss / max(epoch_steps, 1)).item()
         images = epoch_steps * self.cfg.batch_size
         self.metrics.write({"epoch": epoch + 1, "step": self.step, "epoch_loss": loss, "img_per_s": images / seconds})
-        if stop["signal"]:
-            self._save()
-            raise Interrupted(f"interrupted after epoch {epoch + 1}; resume with --resume", 128 + stop["signal"])
+
+    def _evaluate(self, epoch: int, display: ProgressDisplay) -> bool:
+        """Run the evaluation when it is due; whether it set a new best."""
+        evaluation = self.evaluation
+        if evaluation is None or ((epoch + 1) % evaluation.every and epoch + 1 != self.cfg.epochs):
+            return False
+        modes = [(module, module.training) for module in self.method.modules()]
+        self.method.eval()
+        try:
+            with torch.no_grad():
+                scores = evaluation.score()
+        finally:
+            for module, training in modes:
+                module.training = training
+        self.metrics.write({"epoch": epoch + 1, "step": self.step, **scores})
+        display.show_scores(scores)
+        key = evaluation.best
+        if key is None or (self.best is not None and scores[key] <= self.best["value"]):
+            return False
+        self.best = {"key": key, "value": scores[key], "epoch": epoch + 1, "step": self.step}
+        return True
+
+    def _write_curves(self) -> None:
+        from sslkit.visualize.curves import write_curves
+
+        try:
+            write_curves(self.out)
+        except Exception as error:  # a picture must never cost a run its result
+            console.warn(f"could not draw the training curves: {type(error).__name__}: {error}")
 
     def _forward_backward(self, batch):
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -242,12 +294,12 @@ class Trainer:
             f"{self.run_config['method']} | {self.num_images} images, {self.steps_per_epoch} steps/epoch x "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}"
             + (f" ({cfg.accum_steps} x {cfg.batch_size // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
-            + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:g} epochs"
+            + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:.3g} epochs"
             + f" | {self.device.type} {self.precision}, {self.workers} workers"
         )
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self) -> None:
+    def _save(self, path: Path | None = None) -> None:
         self._check_finite()  # never overwrite a good checkpoint with a diverged state
         tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
         state = {
@@ -263,8 +315,9 @@ class Trainer:
             "steps_per_epoch": str(self.steps_per_epoch),
             "config": json.dumps(self.run_config),
             "state": ckpt.dumps(state),
+            **({"best": json.dumps(self.best)} if self.best else {}),
         }
-        ckpt.save_checkpoint(self.checkpoint_path, tensors, metadata)
+        ckpt.save_checkpoint(path or self.checkpoint_path, tensors, metadata)
 
     def _restore(self) -> None:
         if not self.checkpoint_path.exists():
@@ -283,6 +336,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt.unpack(state["scaler"], tensors))
         _set_rng_state(ckpt.unpack(state["rng"], tensors))
         self.step = int(metadata["step"])
+        self.best = json.loads(metadata["best"]) if "best" in metadata else None
         console.info(f"resuming from {self.checkpoint_path} at step {self.step}")
 
 
@@ -303,7 +357,10 @@ def _batch_size(batch) -> int:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    name, keys, position, has_gauss, gauss = np.random.get_state()  # timm's mixup / cutmix draw from numpy
+    numpy = {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss),
+             "gauss": float(gauss)}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -313,6 +370,10 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        saved = state["numpy"]
+        np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["position"],
+                             saved["has_gauss"], saved["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
