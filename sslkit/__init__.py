@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "attention", "pretrain", "probe_knn", "reconstruct"]
+__all__ = ["__version__", "attention", "finetune", "pretrain", "probe_knn", "probe_linear", "reconstruct"]
 
 
 def __getattr__(name: str):

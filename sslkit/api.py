@@ -7,24 +7,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sslkit import config as cfg, console
-from sslkit.config import KNNConfig, PretrainConfig, TrainConfig
+from sslkit.config import KNNConfig, LinearConfig, PretrainConfig, TrainConfig
 from sslkit.data.folders import ImageFolder, images_under, load_rgb
-from sslkit.data.loader import default_workers
-from sslkit.data.views import eval_transform
+from sslkit.data.loader import default_workers, make_loader
+from sslkit.data.views import crop_flip_view, eval_transform
 from sslkit.engine.checkpoint import load_backbone
-from sslkit.engine.trainer import Trainer, resolve_device, resolve_precision
+from sslkit.engine.trainer import Evaluation, Trainer, resolve_device, resolve_precision
 from sslkit.errors import UsageError
-from sslkit.evaluate.features import extract_features
+from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify
 from sslkit.methods import METHODS
-from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
+from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, is_vit, patch_size
 
 
 def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Path | None = None,
@@ -52,7 +57,15 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     model = spec.build(options)
     dataset.transform = model.train_transform
     run_config = PretrainConfig(method, str(data), str(out), train, options).to_dict()
-    return Trainer(model, dataset, train, out, run_config).fit(resume=resume)
+    evaluation = None
+    if train.eval_train:
+        from sslkit.evaluate.online import online_knn
+
+        _, amp_dtype = resolve_precision(train.precision, resolve_device(train.device))
+        workers = default_workers() if train.workers is None else train.workers
+        evaluation = online_knn(model, train.eval_train, train.eval_val, options.img_size, train.eval_every,
+                                train.eval_k, workers, amp_dtype)
+    return Trainer(model, dataset, train, out, run_config, evaluation).fit(resume=resume)
 
 
 def _resume_settings(out: Path, given: dict) -> dict:
@@ -76,6 +89,7 @@ def _differs(given, saved) -> bool:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
@@ -88,33 +102,275 @@ def probe_knn(model: str, train: str | Path, val: str | Path, **settings) -> dic
     options = KNNConfig(model=str(model), train=str(train), val=str(val),
                         **{k: v for k, v in settings.items() if v is not None})
     cfg.validate_knn(options)
-    device = resolve_device(options.device)
-    _, amp_dtype = resolve_precision(options.precision, device)
-    _seed_everything(options.seed)
-    loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch)
-    transform = eval_transform(loaded.img_size)
-    train_set = ImageFolder(options.train, transform, labelled=True)
-    val_set = ImageFolder(options.val, transform, labelled=True)
-    val_labels = _to_train_classes(val_set, train_set)
-    workers = default_workers() if options.workers is None else options.workers
-    extract = dict(batch_size=options.batch_size, workers=workers, device=device, amp_dtype=amp_dtype)
-    train_features, train_labels = extract_features(loaded.module, train_set, label="train", **extract)
-    val_features, _ = extract_features(loaded.module, val_set, label="val", **extract)
-    results = knn_classify(train_features, train_labels, val_features, val_labels, options.k,
-                           options.temperature, len(train_set.classes), device)
+    frozen = FrozenFeatures(options, default_blocks=1)
+    train_set, val_set, val_labels = frozen.labelled_sets()
+    train_features, train_labels = frozen.features(train_set, "train")
+    val_features, _ = frozen.features(val_set, "val")
+    normalize = torch.nn.functional.normalize
+    results = knn_classify(normalize(train_features, dim=1), train_labels, normalize(val_features, dim=1), val_labels,
+                           options.k, options.temperature, len(train_set.classes), frozen.device)
     first = results[options.k[0]]
     return {
-        "model": options.model,
-        "description": loaded.description,
-        "img_size": loaded.img_size,
+        **frozen.summary(train_set, val_set),
         "temperature": options.temperature,
-        "num_train": len(train_set),
-        "num_val": len(val_set),
-        "num_classes": len(train_set.classes),
         "top1": first["top1"],
         "top5": first["top5"],
         "k": {str(k): v for k, v in results.items()},
     }
+
+
+def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> dict:
+    """Linear classifiers on ``model``'s frozen features, trained on ``train`` and scored on ``val`` every epoch.
+
+    ``lr`` may list several learning rates: one head each, trained together. Returns the summary with
+    ``top1`` / ``top5`` of the head that ends best (last epoch), ``best_top1`` over all heads and epochs, and
+    per head its accuracy per epoch. With ``out`` the probe is a run directory (checkpoints, metrics, curves).
+    """
+    from sslkit.evaluate.linear import RECIPES, LinearProbe
+
+    options = LinearConfig(model=str(model), train=str(train), val=str(val),
+                           **{k: v for k, v in settings.items() if v is not None})
+    cfg.validate_linear(options)
+    recipe = RECIPES[options.recipe]
+    if options.out and (Path(options.out) / "checkpoints").exists():
+        raise UsageError(f"{options.out} already holds a run; choose another --out")
+    frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
+    train_set, val_set, val_labels = frozen.labelled_sets()
+    val_features, _ = frozen.features(val_set, "val")
+    if options.augment:  # features recomputed per epoch from random crops: nothing to cache
+        train_set.transform = crop_flip_view(frozen.loaded.img_size)
+        dataset, extractor, workers = train_set, FeatureExtractor(frozen.loaded.module, frozen.recipe), frozen.workers
+    else:
+        dataset, extractor, workers = FeatureSet(*frozen.features(train_set, "train")), None, 0
+    lrs = options.lr or [recipe.base_lr * options.batch_size / 256]
+    probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
+        "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
+        "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
+    train_cfg = TrainConfig(
+        epochs=options.epochs, batch_size=options.batch_size, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
+        warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
+        clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
+        workers=workers, save_every=options.save_every,
+    )
+    history: list[list[dict]] = []
+    val_x, val_y = val_features.to(frozen.device), val_labels.to(frozen.device)
+
+    def score() -> dict[str, float]:
+        heads = probe.score(val_x, val_y)
+        history.append(heads)
+        best = max(heads, key=lambda h: h["top1"])
+        scores = {"val_top1": best["top1"], "val_top5": best["top5"], "val_loss": best["loss"]}
+        if len(heads) > 1:
+            scores.update({f"val_top1/lr={lr:g}": h["top1"] for lr, h in zip(lrs, heads)})
+        return scores
+
+    run_config = {"method": "linear", "model": options.model, "linear": dataclasses.asdict(options),
+                  "train": dataclasses.asdict(train_cfg)}
+    with _run_dir(options.out) as out:
+        fit = Trainer(probe, dataset, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit()
+    heads = [_head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
+    chosen = max(heads, key=lambda h: h["last"]["top1"])
+    best = max(heads, key=lambda h: h["best"]["top1"])
+    return {
+        **frozen.summary(train_set, val_set),
+        "feature_dim": int(val_features.shape[1]),
+        "recipe": options.recipe,
+        "augment": options.augment,
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "lr": chosen["lr"],
+        "top1": chosen["last"]["top1"],
+        "top5": chosen["last"]["top5"],
+        "best_top1": best["best"]["top1"],
+        "best_lr": best["lr"],
+        "best_epoch": best["best"]["epoch"],
+        "heads": heads,
+        "out": options.out,
+        **({"best_checkpoint": str(Path(options.out) / "checkpoints" / "best.safetensors")} if options.out and fit.get("best") else {}),
+    }
+
+
+def _head_summary(lr: float, per_epoch: list[dict]) -> dict:
+    best_epoch = max(range(len(per_epoch)), key=lambda e: per_epoch[e]["top1"])
+    return {
+        "lr": lr,
+        "last": {"top1": per_epoch[-1]["top1"], "top5": per_epoch[-1]["top5"]},
+        "best": {"top1": per_epoch[best_epoch]["top1"], "top5": per_epoch[best_epoch]["top5"], "epoch": best_epoch + 1},
+        "top1_per_epoch": [round(e["top1"], 2) for e in per_epoch],
+    }
+
+
+@contextmanager
+def _run_dir(out: str | None):
+    """``out``, or a temporary directory removed afterwards when no run directory was asked for."""
+    if out:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="sslkit-probe-") as tmp:
+        yield Path(tmp)
+
+
+FINETUNE_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad",
+                         "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every")
+
+
+def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *, resume: bool = False,
+             **settings) -> dict:
+    """Fine-tune ``model`` (or train ``timm:ARCH`` from scratch) on the labelled ``train`` folder, scoring ``val``
+    after every epoch; ``out`` gets the run (checkpoints ``last`` and ``best`` by val top-1, metrics, curves).
+
+    ``settings`` are the command-line options by their Python names (``fraction``, ``epochs``, ``layer_decay``,
+    ...). Returns the best and last val accuracy.
+    """
+    from sslkit.config import FinetuneConfig
+    from sslkit.data.folders import balanced_subset
+    from sslkit.data.views import finetune_view
+    from sslkit.methods.finetune import Finetune, default_layer_decay
+
+    values = {k: v for k, v in settings.items() if v is not None}
+    out = Path(out)
+    if resume:
+        values = _resume_settings(out, values)
+    elif (out / "checkpoints" / "last.safetensors").exists():
+        raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    cfg.check_known(values, TrainConfig, FinetuneConfig)
+    options = cfg.build(FinetuneConfig, {**values, "model": str(model), "train": str(train), "val": str(val),
+                                         "out": str(out)})
+    cfg.validate_finetune(options)
+    _seed_everything(values.get("seed", 0))
+    loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
+                           drop_path_rate=options.drop_path)
+    backbone, img_size = loaded.module.train().requires_grad_(True), loaded.img_size
+    if options.pool != "default":
+        if not is_vit(backbone):
+            raise UsageError("--pool token / avg choose a ViT's pooling; conv nets average-pool")
+        backbone.reset_classifier(0, global_pool=options.pool)
+    layer_decay = options.layer_decay or default_layer_decay(backbone)
+    if layer_decay != 1 and not is_vit(backbone):
+        raise UsageError("--layer-decay needs a vision transformer (layer ids are its blocks); use 1 for conv nets")
+    train_set = ImageFolder(options.train, _finetune_view(finetune_view, img_size, options.randaug), labelled=True)
+    val_set = ImageFolder(options.val, eval_transform(img_size), labelled=True)
+    val_labels = _to_train_classes(val_set, train_set)
+    labelled_total = len(train_set)
+    if options.fraction < 1:
+        train_set.keep(balanced_subset(train_set.labels, options.fraction, values.get("seed", 0)))
+    batch_size = values.get("batch_size") or _auto_batch(len(train_set))
+    train_cfg = cfg.build(TrainConfig, {
+        "epochs": 100, "weight_decay": 0.05, "min_lr": 1e-6, "optimizer": "adamw",
+        "clip_grad": 0.0, "clip_per_param": False,
+        **{k: values[k] for k in FINETUNE_TRAIN_FIELDS if k in values},
+        "batch_size": batch_size, "betas": (0.9, 0.999),
+    })
+    train_cfg.lr = train_cfg.lr or options.blr * batch_size / 256
+    if train_cfg.warmup_epochs is None:  # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
+        train_cfg.warmup_epochs = min(5.0, train_cfg.epochs / 10)
+    cfg.validate_train(train_cfg)
+    if (options.mixup > 0 or options.cutmix > 0) and (batch_size // train_cfg.accum_steps) % 2:
+        raise UsageError(f"mixup / cutmix pair each image with another: use an even --batch-size (not {batch_size})")
+    method = Finetune(backbone, len(train_set.classes), options, layer_decay, loaded.arch, img_size, train_set.classes)
+    console.info(
+        f"fine-tuning {loaded.description} on {len(train_set)} of {labelled_total} labelled images "
+        f"({options.fraction:g}), {len(train_set.classes)} classes, {img_size} px, layer decay {layer_decay:g}"
+        + ("" if "batch_size" in values else f", batch {batch_size} (chosen for {len(train_set)} images)")
+    )
+    workers = default_workers() if train_cfg.workers is None else train_cfg.workers
+    val_loader = make_loader(val_set, 256, workers, resolve_device(train_cfg.device))
+    _, amp_dtype = resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
+    score = _classification_scores(method, val_loader, val_labels, amp_dtype)
+    run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg)}
+    fit = Trainer(method, train_set, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    scored = [r for r in records if "val_top1" in r]
+    return {
+        "model": options.model, "description": loaded.description, "out": str(out), "img_size": img_size,
+        "fraction": options.fraction, "num_train": len(train_set), "num_val": len(val_set),
+        "num_classes": len(train_set.classes), "epochs": train_cfg.epochs, "batch_size": batch_size,
+        "lr": train_cfg.lr, "layer_decay": layer_decay,
+        "top1": scored[-1]["val_top1"], "top5": scored[-1]["val_top5"],
+        "best_top1": fit["best"]["value"], "best_epoch": fit["best"]["epoch"],
+        "best_top5": next(r["val_top5"] for r in scored if r["epoch"] == fit["best"]["epoch"]),
+        "best_checkpoint": str(out / "checkpoints" / "best.safetensors"),
+        "top1_per_epoch": [round(r["val_top1"], 2) for r in scored],
+    }
+
+
+def _finetune_view(build, img_size: int, randaug: str):
+    try:
+        return build(img_size, None if randaug.lower() == "none" else randaug)
+    except (AssertionError, KeyError, ValueError, IndexError) as error:
+        raise UsageError(f"--randaug '{randaug}' is not a timm RandAugment spec such as rand-m9-mstd0.5-inc1 "
+                         f"({type(error).__name__}: {error})") from None
+
+
+def _auto_batch(num_images: int) -> int:
+    """256, or for small labelled sets the largest power of two that still gives about 10 steps per epoch."""
+    batch = 256
+    while batch > 8 and batch * 10 > num_images:
+        batch //= 2
+    return batch
+
+
+def _classification_scores(model, loader, labels: torch.Tensor, amp_dtype):
+    """A function giving val top-1 / top-5 (percent) and loss of ``model`` over ``loader``."""
+
+    def score() -> dict[str, float]:
+        device = next(model.parameters()).device
+        hits, loss, seen = torch.zeros(2, device=device), torch.zeros((), device=device), 0
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        for images, _ in loader:
+            target = labels[seen : seen + len(images)].to(device)
+            seen += len(images)
+            with autocast:
+                logits = model(images.to(device, non_blocking=True)).float()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices == target[:, None]
+            hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
+            loss += F.cross_entropy(logits, target, reduction="sum")
+        top1, top5 = (100.0 * hits / seen).tolist()
+        return {"val_top1": top1, "val_top5": top5, "val_loss": loss.item() / seen}
+
+    return score
+
+
+class FrozenFeatures:
+    """The frozen model of an evaluation, its feature recipe and the (cached) features it gives per folder."""
+
+    def __init__(self, options, default_blocks: int):
+        self.options = options
+        self.device = resolve_device(options.device)
+        _, self.amp_dtype = resolve_precision(options.precision, self.device)
+        _seed_everything(options.seed)
+        self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch)
+        blocks = options.n_last_blocks or (default_blocks if is_vit(self.loaded.module) else 1)
+        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens)
+        self.recipe.check(self.loaded.module)
+        self.transform = eval_transform(self.loaded.img_size)
+        self.workers = default_workers() if options.workers is None else options.workers
+        cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) if options.cache else None
+        self.cache_dir = cache_dir
+        self.model_id = model_fingerprint(self.loaded.source, f"{options.checkpoint_key}|{self.loaded.arch}|"
+                                          f"{self.loaded.img_size}|seed{options.seed}")
+
+    def labelled_sets(self) -> tuple[ImageFolder, ImageFolder, torch.Tensor]:
+        """The train and val folders (evaluation transform) and val's labels as train class indices."""
+        train_set = ImageFolder(self.options.train, self.transform, labelled=True)
+        val_set = ImageFolder(self.options.val, self.transform, labelled=True)
+        return train_set, val_set, _to_train_classes(val_set, train_set)
+
+    def features(self, dataset: ImageFolder, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return cached_features(self.cache_dir, self.model_id, self.recipe, self.transform, dataset, label=label,
+                               backbone=self.loaded.module, batch_size=self.options.batch_size, workers=self.workers,
+                               device=self.device, amp_dtype=self.amp_dtype)
+
+    def summary(self, train_set: ImageFolder, val_set: ImageFolder) -> dict:
+        return {
+            "model": self.options.model,
+            "description": self.loaded.description,
+            "features": self.recipe.describe(),
+            "img_size": self.loaded.img_size,
+            "num_train": len(train_set),
+            "num_val": len(val_set),
+            "num_classes": len(train_set.classes),
+        }
 
 
 def _to_train_classes(val_set: ImageFolder, train_set: ImageFolder) -> torch.Tensor:

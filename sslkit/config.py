@@ -44,10 +44,15 @@ class TrainConfig:
     workers: int | None = None  # None: chosen for the machine
     save_every: int = 1  # epochs
     log_every: int = 10  # optimizer steps
+    eval_train: str | None = None  # online k-NN during pretraining: labelled memory ...
+    eval_val: str | None = None  # ... and labelled queries
+    eval_every: int = 1  # epochs
+    eval_k: int = 20
 
 
 # Fields that may change when a run is resumed: they change how it runs, not what it computes.
-OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every"}
+OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every", "eval_train", "eval_val",
+                      "eval_every", "eval_k"}
 
 
 @dataclass
@@ -119,20 +124,71 @@ class PretrainConfig:
 
 
 @dataclass
-class KNNConfig:
+class FrozenConfig:
+    """An evaluation of frozen features: the model, the labelled folders and how features are taken."""
+
     model: str
     train: str
     val: str
-    k: list[int] = field(default_factory=lambda: [20])
-    temperature: float = 0.07
     img_size: int | None = None
     batch_size: int = 256
     workers: int | None = None
     device: str = "auto"
     precision: str = "auto"
     checkpoint_key: str = "teacher"
-    seed: int = 0  # fixes the weights of a timm: random-init baseline
+    seed: int = 0  # fixes the weights of a timm: random-init baseline (and a probe's head)
     arch: str | None = None  # timm name of a .pth file's model (inferred for ViTs)
+    pool: str = "default"  # default (the model's own) | token | avg
+    n_last_blocks: int | None = None  # ViTs: CLS tokens of the last N blocks; None: the command's default
+    avgpool_patchtokens: bool = False
+    cache_dir: str | None = None  # None: $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features
+    cache: bool = True
+
+
+@dataclass
+class KNNConfig(FrozenConfig):
+    k: list[int] = field(default_factory=lambda: [20])
+    temperature: float = 0.07
+
+
+LINEAR_RECIPES = ("dino", "mae")
+
+
+@dataclass
+class LinearConfig(FrozenConfig):
+    """A linear classifier on frozen features: DINO's eval_linear (default) or MAE's main_linprobe recipe."""
+
+    recipe: str = "dino"
+    epochs: int = 100
+    lr: list[float] | None = None  # peak lr of each head; None: the recipe's base lr x batch / 256
+    augment: bool = False  # RandomResizedCrop + flip per epoch (no feature cache for the training set)
+    out: str | None = None  # run directory (checkpoints, metrics, curves); None: a temporary one
+    save_every: int = 10
+
+
+@dataclass
+class FinetuneConfig:
+    """Full fine-tuning with labels: MAE's main_finetune.py recipe (anchors.md 2.2); None: chosen for the model."""
+
+    model: str
+    train: str
+    val: str
+    out: str
+    fraction: float = 1.0  # class-balanced share of --train's labelled images (BYOL's 1% / 10% tables)
+    blr: float = 5e-4  # lr = blr x batch / 256 unless --lr is given
+    layer_decay: float | None = None  # None: 0.65 for ViTs (0.75 from 24 blocks), 1 (off) for conv nets
+    drop_path: float = 0.1
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    randaug: str = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec; "none" turns it off
+    reprob: float = 0.25  # random erasing
+    pool: str = "default"  # default | token | avg (ViTs)
+    img_size: int | None = None
+    checkpoint_key: str = "teacher"
+    arch: str | None = None
 
 
 def with_defaults(settings, **defaults):
@@ -219,21 +275,52 @@ def validate_train(train: TrainConfig) -> None:
     choice("device", train.device, DEVICES)
     choice("precision", train.precision, PRECISIONS)
     choice("optimizer", train.optimizer, OPTIMIZERS)
-    for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr"):
+    for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr", "eval_every", "eval_k"):
         _positive(name, getattr(train, name))
+    if (train.eval_train is None) != (train.eval_val is None):
+        raise UsageError("online k-NN needs both --eval-train (the labelled memory) and --eval-val (the queries)")
     for name in ("min_lr", "warmup_epochs", "weight_decay", "weight_decay_end", "clip_grad", "workers"):
         _positive(name, getattr(train, name), allow_zero=True)
 
 
-def validate_knn(options: KNNConfig) -> None:
+def validate_frozen(options: FrozenConfig) -> None:
     choice("device", options.device, DEVICES)
     choice("precision", options.precision, PRECISIONS)
     choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
-    for k in options.k:
-        _positive("k", k)
-    for name in ("temperature", "batch_size", "img_size"):
+    for name in ("batch_size", "img_size", "n_last_blocks"):
         _positive(name, getattr(options, name))
     _positive("workers", options.workers, allow_zero=True)
+
+
+def validate_knn(options: KNNConfig) -> None:
+    validate_frozen(options)
+    for k in options.k:
+        _positive("k", k)
+    _positive("temperature", options.temperature)
+
+
+def validate_linear(options: LinearConfig) -> None:
+    validate_frozen(options)
+    choice("recipe", options.recipe, LINEAR_RECIPES)
+    for name in ("epochs", "save_every"):
+        _positive(name, getattr(options, name))
+    for lr in options.lr or []:
+        _positive("lr", lr)
+
+
+def validate_finetune(options: FinetuneConfig) -> None:
+    choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
+    choice("pool", options.pool, ("default", "token", "avg"))
+    if not 0 < options.fraction <= 1:
+        raise UsageError(f"--fraction must lie in (0, 1], not {options.fraction}")
+    for name in ("blr", "img_size", "layer_decay"):
+        _positive(name, getattr(options, name))
+    for name in ("drop_path", "smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob"):
+        _positive(name, getattr(options, name), allow_zero=True)
+    for name in ("drop_path", "smoothing", "mixup_prob", "mixup_switch_prob", "reprob", "layer_decay"):
+        value = getattr(options, name)
+        if value is not None and value > 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at most 1, not {value}")
 
 
 def validate_byol(options: BYOLConfig) -> None:

@@ -32,6 +32,16 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --ou
 Config = Annotated[Optional[Path], typer.Option(help="Settings file (TOML or JSON, e.g. a run's config.json); options given here win.", rich_help_panel=RUN)]
 SaveEvery = Annotated[Optional[int], typer.Option(help="Write the checkpoint every N epochs (default 1; always at the end).", rich_help_panel=RUN)]
 LogEvery = Annotated[Optional[int], typer.Option(help="Log to metrics.jsonl every N steps (default 10).", rich_help_panel=RUN)]
+EVAL = "Online k-NN"
+EvalTrain = Annotated[Optional[Path], typer.Option(help="Labelled folder (one sub-folder per class): the k-NN memory scored during training.", rich_help_panel=EVAL)]
+EvalVal = Annotated[Optional[Path], typer.Option(help="Labelled folder of k-NN queries; knn_top1 / knn_top5 go to metrics.jsonl and the progress line.", rich_help_panel=EVAL)]
+EvalEvery = Annotated[Optional[int], typer.Option(help="Run the k-NN every N epochs (default 1; always after the last).", rich_help_panel=EVAL)]
+EvalK = Annotated[Optional[int], typer.Option(help="Neighbours that vote (default 20, T = 0.07).", rich_help_panel=EVAL)]
+
+
+def _path(value: Optional[Path]) -> Optional[str]:
+    return str(value) if value is not None else None
+
 
 BYOL_PANEL = "BYOL"
 
@@ -80,6 +90,10 @@ def byol(
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
+    eval_train: EvalTrain = None,
+    eval_val: EvalVal = None,
+    eval_every: EvalEvery = None,
+    eval_k: EvalK = None,
     quiet: Quiet = False,
 ):
     """BYOL (Grill et al. 2020): an online network predicts an EMA target's projection of another view."""
@@ -90,6 +104,7 @@ def byol(
         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
         predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers,
         compile=compile, seed=seed, save_every=save_every, log_every=log_every,
+        eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
     _run("byol", data, out, config, resume, quiet, settings)
 
@@ -167,6 +182,10 @@ def dino(
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
+    eval_train: EvalTrain = None,
+    eval_val: EvalVal = None,
+    eval_every: EvalEvery = None,
+    eval_k: EvalK = None,
     quiet: Quiet = False,
 ):
     """DINO (Caron et al. 2021): self-distillation of an EMA teacher into a student across multi-crop views."""
@@ -179,7 +198,7 @@ def dino(
         freeze_last_layer=freeze_last_layer, drop_path_rate=drop_path_rate, global_crops_scale=global_crops_scale,
         local_crops_number=local_crops_number, local_crops_scale=local_crops_scale, local_crop_size=local_crop_size,
         device=device, precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every,
-        log_every=log_every,
+        log_every=log_every, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
     with handle_errors(quiet):
         if norm_last_layer is not None:
@@ -241,6 +260,10 @@ def mae(
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
+    eval_train: EvalTrain = None,
+    eval_val: EvalVal = None,
+    eval_every: EvalEvery = None,
+    eval_k: EvalK = None,
     quiet: Quiet = False,
 ):
     """MAE (He et al. 2022): reconstruct the pixels of masked patches from a quarter of them."""
@@ -250,5 +273,6 @@ def mae(
         accum_steps=accum_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, crop_scale=crop_scale, device=device,
         precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
+        eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
     _run("mae", data, out, config, resume, quiet, settings)

@@ -8,11 +8,14 @@ next image so that a long run never dies on one bad file.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -57,10 +60,14 @@ class ImageFolder(Dataset):
             if seed is None:
                 image = self.transform(image)
             else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
+                with _seeded(seed):
                     image = self.transform(image)
         return image, self.labels[index]
+
+    def keep(self, indices: list[int]) -> None:
+        """Restrict the data set to the items at ``indices`` (e.g. a labelled fraction)."""
+        self.files = [self.files[i] for i in indices]
+        self.labels = [self.labels[i] for i in indices]
 
     def _load(self, index: int) -> Image.Image:
         for offset in range(len(self.files)):
@@ -70,6 +77,37 @@ class ImageFolder(Dataset):
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 print(f"warning: skipping unreadable image {path}: {error}", file=sys.stderr)
         raise UsageError(f"no image in {self.root} can be decoded")
+
+
+@contextmanager
+def _seeded(seed: int):
+    """torch, random and numpy seeded for one sample's augmentation (timm's RandAugment draws from all three),
+    their previous states restored afterwards."""
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
+def balanced_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
+    """A seeded, class-balanced subset: ``fraction`` of each class's items (at least one), in data set order."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    chosen = []
+    for label in sorted(by_class):
+        items = by_class[label]
+        count = max(1, round(fraction * len(items)))
+        order = torch.randperm(len(items), generator=generator)[:count]
+        chosen += [items[i] for i in order.tolist()]
+    return sorted(chosen)
 
 
 def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]:

@@ -86,8 +86,9 @@ class MultiCrop:
         return [self.global1(image), self.global2(image), *(self.local(image) for _ in range(self.local_number))]
 
 
-def mae_view(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:
-    """MAE's only augmentation: random resized crop (area 0.2-1, bicubic) and horizontal flip."""
+def crop_flip_view(img_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
+    """Random resized crop (bicubic) and horizontal flip: MAE's pretraining view (area 0.2-1) and the
+    training view of DINO's and MAE's linear probes (area 0.08-1)."""
     return v2.Compose(
         [
             v2.RandomResizedCrop(img_size, scale=scale, interpolation=BICUBIC, antialias=True),
@@ -95,6 +96,24 @@ def mae_view(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compo
             v2.PILToTensor(),
         ]
     )
+
+
+def mae_view(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:
+    """MAE's only augmentation: random resized crop (area 0.2-1, bicubic) and horizontal flip."""
+    return crop_flip_view(img_size, scale)
+
+
+def finetune_view(img_size: int, randaug: str | None) -> v2.Compose:
+    """MAE's fine-tuning view: random resized crop (area 0.08-1, bicubic), flip and timm's RandAugment
+    (``rand-m9-mstd0.5-inc1``: 2 ops of magnitude 9 with std 0.5, increasing severity); None: no RandAugment."""
+    steps = [v2.RandomResizedCrop(img_size, scale=(0.08, 1.0), interpolation=BICUBIC, antialias=True),
+             v2.RandomHorizontalFlip()]
+    if randaug:
+        from timm.data.auto_augment import rand_augment_transform
+
+        mean = tuple(round(255 * m) for m in (0.485, 0.456, 0.406))  # fill colour of rotations and shears
+        steps.append(rand_augment_transform(randaug, {"translate_const": int(img_size * 0.45), "img_mean": mean}))
+    return v2.Compose([*steps, v2.PILToTensor()])
 
 
 def eval_transform(img_size: int) -> v2.Compose:

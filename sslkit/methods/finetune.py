@@ -1,0 +1,131 @@
+"""Supervised fine-tuning of a (pretrained) backbone with a linear head: MAE's main_finetune.py recipe.
+
+Layer-wise lr decay (MAE util/lr_decay.py, after BEiT): layer id 0 holds the patch embedding, CLS token and
+position embedding, block i has id i + 1, and everything after the blocks (final norm, head) has id
+depth + 1; a parameter's lr is scaled by ``decay ** (depth + 1 - id)``, so the head trains at the full lr and
+the patch embedding at the smallest. Weight decay skips biases and norms.
+
+Per batch: timm's mixup (alpha 0.8) or cutmix (alpha 1.0), one of the two per batch, with label smoothing 0.1
+folded into the soft targets; random erasing (p 0.25) per image before it. RandAugment runs on the CPU
+in the view (sslkit.data.views.finetune_view).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit.config import FinetuneConfig
+from sslkit.engine.method import Progress, StepOutput
+from sslkit.models.backbones import Normalize, feature_dim, is_vit, patch_size, prefers_channels_last
+
+STEM = ("cls_token", "pos_embed", "patch_embed", "reg_token", "norm_pre")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """MAE's layer id of a ViT backbone parameter (names as in timm); the head gets ``depth + 1``."""
+    if name.startswith(STEM):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def default_layer_decay(backbone: nn.Module) -> float:
+    """0.65 for ViT-B-sized and smaller (MAE's ViT-B value), 0.75 from 24 blocks (ViT-L, H); off for conv nets."""
+    if not is_vit(backbone):
+        return 1.0
+    return 0.75 if len(backbone.blocks) >= 24 else 0.65
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft targets (mixed and smoothed labels), averaged over the batch."""
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+class Finetune(nn.Module):
+    name = "finetune"
+
+    def __init__(self, backbone: nn.Module, num_classes: int, options: FinetuneConfig, layer_decay: float,
+                 arch: str, img_size: int, classes: list[str]):
+        super().__init__()
+        from timm.data import Mixup
+
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim(backbone), num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's head init: start from near-zero logits
+        nn.init.zeros_(self.head.bias)
+        self.normalize = Normalize()
+        self.channels_last = prefers_channels_last(backbone)
+        self.options, self.layer_decay = options, layer_decay
+        self.num_classes = num_classes
+        self.mixup = None
+        if options.mixup > 0 or options.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=options.mixup, cutmix_alpha=options.cutmix, prob=options.mixup_prob,
+                               switch_prob=options.mixup_switch_prob, label_smoothing=options.smoothing,
+                               num_classes=num_classes)
+        self._erasing = None  # built on first use, for the device the batches arrive on
+        self._metadata = {"arch": arch, "img_size": str(img_size), "classes": json.dumps(classes)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of a uint8 image batch."""
+        return self.head(self.backbone(self._input(images)))
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def training_step(self, batch) -> StepOutput:
+        images, labels = batch
+        x = self._input(images)
+        if self.options.reprob > 0:
+            x = self._random_erasing(x)
+        if self.mixup is not None:
+            x, targets = self.mixup(x, labels)
+            loss = soft_cross_entropy(self.head(self.backbone(x)).float(), targets)
+        else:
+            logits = self.head(self.backbone(x)).float()
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.options.smoothing)
+        return StepOutput(loss=loss)
+
+    def _random_erasing(self, x: torch.Tensor) -> torch.Tensor:
+        if self._erasing is None or self._erasing.device != x.device:
+            from timm.data.random_erasing import RandomErasing
+
+            self._erasing = RandomErasing(self.options.reprob, mode="pixel", device=x.device)
+        return self._erasing(x)
+
+    # ------------------------------------------------------------------ engine hooks
+    def start_step(self, progress: Progress) -> None:
+        pass
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        pass
+
+    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
+        return {}
+
+    def param_groups(self) -> list[dict]:
+        """One group per (layer id, decay or not) with the layer's lr scale."""
+        depth = len(self.backbone.blocks) if is_vit(self.backbone) else 0
+        named = [(n, p, layer_id(n, depth) if depth else 0) for n, p in self.backbone.named_parameters()]
+        named += [(f"head.{n}", p, depth + 1) for n, p in self.head.named_parameters()]
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, param, layer in named:
+            if not param.requires_grad:
+                continue
+            decay = param.ndim > 1 and not name.endswith(".bias")
+            scale = self.layer_decay ** (depth + 1 - layer) if depth else 1.0
+            group = groups.setdefault((layer, decay), {
+                "params": [], "lr_scale": scale, "wd_scale": 1.0 if decay else 0.0, "lars_exclude": not decay,
+                "layer_id": layer,
+            })
+            group["params"].append(param)
+        return list(groups.values())
+
+    def checkpoint_metadata(self) -> dict[str, str]:
+        patch = patch_size(self.backbone)
+        return {**self._metadata, "patch_size": str(patch or ""), "backbones": json.dumps({"backbone": "backbone"})}
