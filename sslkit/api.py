@@ -326,7 +326,7 @@ def _classification_scores(model, loader, labels: torch.Tensor, amp_dtype):
             hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
             loss += F.cross_entropy(logits, target, reduction="sum")
         top1, top5 = (100.0 * hits / seen).tolist()
-        return {"val_top1": top1, "val_top5": top5, "val_loss": loss.item() / seen}
+        return {"val_top1": round(top1, 2), "val_top5": round(top5, 2), "val_loss": round(loss.item() / seen, 5)}
 
     return score
 

@@ -95,7 +95,7 @@ class LinearProbe(nn.Module):
             loss += F.cross_entropy(logits.flatten(0, 1), target.repeat(len(self.heads)), reduction="none").view(
                 len(self.heads), -1).sum(dim=1)
         hits, loss = (100.0 * hits / len(features)).tolist(), (loss / len(features)).tolist()
-        return [{"top1": h[0], "top5": h[1], "loss": l} for h, l in zip(hits, loss)]
+        return [{"top1": round(h[0], 2), "top5": round(h[1], 2), "loss": round(l, 5)} for h, l in zip(hits, loss)]
 
     # ------------------------------------------------------------------ engine hooks
     def start_step(self, progress: Progress) -> None:

@@ -3,7 +3,8 @@
 Layer-wise lr decay (MAE util/lr_decay.py, after BEiT): layer id 0 holds the patch embedding, CLS token and
 position embedding, block i has id i + 1, and everything after the blocks (final norm, head) has id
 depth + 1; a parameter's lr is scaled by ``decay ** (depth + 1 - id)``, so the head trains at the full lr and
-the patch embedding at the smallest. Weight decay skips biases and norms.
+the patch embedding at the smallest. Weight decay skips biases, norms and the model's no-weight-decay list
+(a timm ViT's CLS token and position embedding).
 
 Per batch: timm's mixup (alpha 0.8) or cutmix (alpha 1.0), one of the two per batch, with label smoothing 0.1
 folded into the soft targets; random erasing (p 0.25) per image before it. RandAugment runs on the CPU
@@ -113,11 +114,13 @@ class Finetune(nn.Module):
         depth = len(self.backbone.blocks) if is_vit(self.backbone) else 0
         named = [(n, p, layer_id(n, depth) if depth else 0) for n, p in self.backbone.named_parameters()]
         named += [(f"head.{n}", p, depth + 1) for n, p in self.head.named_parameters()]
+        # MAE also exempts the model's no-weight-decay list (timm ViTs: cls_token, pos_embed, ...)
+        exempt = set(self.backbone.no_weight_decay()) if hasattr(self.backbone, "no_weight_decay") else set()
         groups: dict[tuple[int, bool], dict] = {}
         for name, param, layer in named:
             if not param.requires_grad:
                 continue
-            decay = param.ndim > 1 and not name.endswith(".bias")
+            decay = param.ndim > 1 and not name.endswith(".bias") and name not in exempt
             scale = self.layer_decay ** (depth + 1 - layer) if depth else 1.0
             group = groups.setdefault((layer, decay), {
                 "params": [], "lr_scale": scale, "wd_scale": 1.0 if decay else 0.0, "lars_exclude": not decay,

@@ -24,9 +24,9 @@ def sslkit(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands_and_every_command_shows_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert all(name in result.output for name in ("pretrain", "probe", "attention", "reconstruct"))
-    for command in (["pretrain", "byol"], ["pretrain", "dino"], ["pretrain", "mae"], ["probe", "knn"], ["attention"],
-                    ["reconstruct"]):
+    assert all(name in result.output for name in ("pretrain", "probe", "finetune", "attention", "reconstruct"))
+    for command in (["pretrain", "byol"], ["pretrain", "dino"], ["pretrain", "mae"], ["probe", "knn"],
+                    ["probe", "linear"], ["finetune"], ["attention"], ["reconstruct"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Examples" in result.output and "sslkit " + " ".join(command) in result.output
 
@@ -169,3 +169,33 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path):
     assert "resume with --resume" in stderr and "Traceback" not in stderr
     result = sslkit("pretrain", "byol", data, "--out", run, "--resume", "--epochs", "1")
     assert result.returncode == 2 and "epochs=1 (run has 50)" in result.stderr
+
+
+def test_probe_linear_and_finetune_from_the_command_line(tmp_path):
+    train = make_folder(tmp_path / "train", classes=2, per_class=8)
+    val = make_folder(tmp_path / "val", classes=2, per_class=4, seed=1)
+    common = ["--train", str(train), "--val", str(val), "--img-size", "32", "--workers", "0", "--device", "cpu"]
+    result = runner.invoke(app, ["probe", "linear", "timm:test_resnet", *common, "--epochs", "2", "--batch-size", "8",
+                                 "--lr", "0.01", "--lr", "0.1", "--json", str(tmp_path / "linear.json")])
+    assert result.exit_code == 0, result.output
+    assert "last top-1 %" in result.output and "the head reported" in result.output
+    linear = json.loads((tmp_path / "linear.json").read_text())
+    assert [h["lr"] for h in linear["heads"]] == [0.01, 0.1] and linear["epochs"] == 2
+
+    result = runner.invoke(app, ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "ft"), "--epochs", "1",
+                                 "--batch-size", "4", "--layer-decay", "1", "--json", str(tmp_path / "ft.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ft.json").read_text())["num_train"] == 16
+    assert (tmp_path / "ft" / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_finetune_and_probe_linear_usage_errors_exit_2_with_one_line(tmp_path):
+    train = make_folder(tmp_path / "train", classes=2, per_class=4)
+    common = ["--train", str(train), "--val", str(train), "--img-size", "32", "--workers", "0"]
+    for args in (["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "a"), "--fraction", "1.5"],
+                 ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "b"), "--batch-size", "3"],
+                 ["probe", "linear", "timm:test_resnet", *common, "--recipe", "byol"],
+                 ["probe", "linear", "timm:test_resnet", *common, "--pool", "token"]):
+        result = sslkit(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -7,7 +7,7 @@ import sslkit
 from sslkit.engine import checkpoint as ckpt
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 from sslkit.methods.byol import BYOL
-from tests.conftest import TINY_BYOL, interrupt_at
+from tests.conftest import TINY_BYOL, interrupt_at, make_folder
 
 
 def losses(run) -> dict[int, float]:
@@ -90,3 +90,35 @@ def test_a_finished_run_is_not_overwritten_and_resume_refuses_other_settings(ima
         sslkit.pretrain("byol", image_folder, run, **dict(TINY_BYOL, epochs=1))
     with pytest.raises(UsageError, match="lr=0.5"):
         sslkit.pretrain("byol", image_folder, run, resume=True, lr=0.5)
+
+
+def test_online_knn_is_logged_every_n_epochs_and_scores_what_probe_knn_loads(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, per_class=12)
+    run = tmp_path / "run"
+    sslkit.pretrain("byol", data, run, eval_train=str(data), eval_val=str(data), eval_every=2,
+                    **dict(TINY_BYOL, epochs=3))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    online = [r for r in records if "knn_top1" in r]
+    assert [r["epoch"] for r in online] == [2, 3]  # every 2 epochs, and after the last
+    offline = sslkit.probe_knn(str(run), data, data, k=[20], workers=0, device="cpu", cache=False)
+    assert online[-1]["knn_top1"] == offline["top1"] and online[-1]["knn_top5"] == offline["top5"]
+    assert (run / "curves.png").is_file()
+
+
+def test_evaluation_leaves_the_training_networks_in_training_mode(image_folder, tmp_path, monkeypatch):
+    modes = []
+    original = BYOL.training_step
+
+    def recording(self, batch):
+        modes.append((self.backbone.training, self.projector.training))
+        return original(self, batch)
+
+    monkeypatch.setattr(BYOL, "training_step", recording)
+    sslkit.pretrain("byol", image_folder, tmp_path / "run", eval_train=str(image_folder), eval_val=str(image_folder),
+                    **dict(TINY_BYOL, epochs=2))
+    assert len(modes) == 6 and all(backbone and projector for backbone, projector in modes)
+
+
+def test_online_knn_needs_both_folders(image_folder, tmp_path):
+    with pytest.raises(UsageError, match="needs both --eval-train"):
+        sslkit.pretrain("byol", image_folder, tmp_path / "run", eval_train=str(image_folder), **TINY_BYOL)

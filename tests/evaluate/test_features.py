@@ -1,0 +1,99 @@
+import os
+
+import pytest
+import timm
+import torch
+
+from sslkit.data.folders import ImageFolder
+from sslkit.data.views import eval_transform
+from sslkit.errors import UsageError
+from sslkit.evaluate import features as feats
+from sslkit.models.backbones import FeatureRecipe, recipe_features
+from tests.conftest import make_folder
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32).eval()
+
+
+def test_recipes_take_the_tokens_dino_and_mae_evaluate(vit):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)  # final-norm tokens: CLS first
+        default = recipe_features(vit, x, FeatureRecipe())
+        token = recipe_features(vit, x, FeatureRecipe(pool="token"))
+        avg = recipe_features(vit, x, FeatureRecipe(pool="avg"))
+        last2 = recipe_features(vit, x, FeatureRecipe(n_last_blocks=2))
+        with_patches = recipe_features(vit, x, FeatureRecipe(avgpool_patchtokens=True))
+    dim = vit.num_features
+    torch.testing.assert_close(default, tokens[:, 0])
+    torch.testing.assert_close(token, tokens[:, 0])
+    torch.testing.assert_close(avg, tokens[:, 1:].mean(dim=1))
+    assert last2.shape == (2, 2 * dim)
+    torch.testing.assert_close(last2[:, dim:], tokens[:, 0])  # the last block's CLS comes last
+    assert not torch.allclose(last2[:, :dim], tokens[:, 0])
+    # DINO's eval_linear interleaves CLS and average patch token: [c0, a0, c1, a1, ...]
+    torch.testing.assert_close(with_patches[:, 0::2], tokens[:, 0])
+    torch.testing.assert_close(with_patches[:, 1::2], tokens[:, 1:].mean(dim=1))
+
+
+def test_token_recipes_are_refused_for_conv_nets():
+    resnet = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    FeatureRecipe(pool="avg").check(resnet)
+    for recipe in (FeatureRecipe(pool="token"), FeatureRecipe(n_last_blocks=2), FeatureRecipe(avgpool_patchtokens=True)):
+        with pytest.raises(UsageError, match="need a vision transformer"):
+            recipe.check(resnet)
+
+
+def cached(folder, cache_dir, model_id="m1", recipe=FeatureRecipe(), backbone=None):
+    dataset = ImageFolder(folder, eval_transform(32), labelled=True)
+    backbone = backbone or timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    return feats.cached_features(cache_dir, model_id, recipe, dataset.transform, dataset, backbone=backbone,
+                                 batch_size=8, workers=0, device=torch.device("cpu"), amp_dtype=None, label="t")
+
+
+def test_cached_features_are_read_back_without_running_the_model(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "images", per_class=5)
+    torch.manual_seed(0)
+    first, labels = cached(folder, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("features were recomputed")
+
+    monkeypatch.setattr(feats, "extract_features", no_network)
+    again, labels_again = cached(folder, tmp_path / "cache")
+    assert torch.equal(first, again) and torch.equal(labels, labels_again)
+    assert labels.tolist() == [0] * 5 + [1] * 5
+
+
+def test_the_cache_key_changes_with_the_model_the_recipe_and_the_files(tmp_path):
+    folder = make_folder(tmp_path / "images", per_class=4)
+    cache = tmp_path / "cache"
+    cached(folder, cache)
+    cached(folder, cache, model_id="m2")
+    cached(folder, cache, recipe=FeatureRecipe(pool="avg"))
+    image = next(folder.rglob("*.png"))
+    os.utime(image, ns=(0, 0))  # an edited image: another modification time
+    cached(folder, cache)
+    assert len(list(cache.glob("*.safetensors"))) == 4
+
+
+def test_an_unreadable_cache_entry_is_recomputed(tmp_path):
+    folder = make_folder(tmp_path / "images", per_class=3)
+    features, _ = cached(folder, tmp_path / "cache")
+    entry = next((tmp_path / "cache").glob("*.safetensors"))
+    entry.write_bytes(b"not a safetensors file")
+    again, _ = cached(folder, tmp_path / "cache", backbone=None)
+    assert again.shape == features.shape
+
+
+def test_model_fingerprint_hashes_the_file_bytes(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"a" * 100)
+    first = feats.model_fingerprint(str(path))
+    path.write_bytes(b"b" * 100)
+    assert feats.model_fingerprint(str(path)) != first
+    assert feats.model_fingerprint("timm:resnet18", "seed0") != feats.model_fingerprint("timm:resnet18", "seed1")
