@@ -112,7 +112,9 @@ def finetune_view(img_size: int, randaug: str | None) -> v2.Compose:
         from timm.data.auto_augment import rand_augment_transform
 
         mean = tuple(round(255 * m) for m in (0.485, 0.456, 0.406))  # fill colour of rotations and shears
-        steps.append(rand_augment_transform(randaug, {"translate_const": int(img_size * 0.45), "img_mean": mean}))
+        # at magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 12 refuses; 9.99 keeps 1
+        hparams = {"translate_const": int(img_size * 0.45), "img_mean": mean, "magnitude_max": 9.99}
+        steps.append(rand_augment_transform(randaug, hparams))
     return v2.Compose([*steps, v2.PILToTensor()])
 
 

@@ -70,6 +70,13 @@ def test_a_samples_randaugment_is_fixed_by_its_seed(tmp_path):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+def test_randaugment_at_full_magnitude_never_fails(tmp_path):
+    folder = make_folder(tmp_path / "images", classes=1, per_class=1)
+    dataset = ImageFolder(folder, finetune_view(32, "rand-n3-m10-mstd0-inc1"), labelled=True)
+    for seed in range(60):  # 3 of 15 ops per image: posterize-increasing comes up many times
+        assert dataset[(0, seed)][0].shape == (3, 32, 32)
+
+
 @pytest.fixture
 def labelled(tmp_path):
     return make_folder(tmp_path / "train", classes=3, per_class=8), make_folder(tmp_path / "val", classes=3, per_class=4, seed=1)
