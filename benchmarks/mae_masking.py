@@ -20,7 +20,7 @@ import torch
 
 from sslkit.config import MAEConfig, TrainConfig
 from sslkit.engine.optim import build_optimizer
-from sslkit.engine.trainer import resolve_device, resolve_precision
+from sslkit.engine.device import resolve_device, resolve_precision
 from sslkit.methods import mae
 
 

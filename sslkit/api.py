@@ -24,7 +24,8 @@ from sslkit.data.folders import ImageFolder, images_under, load_rgb
 from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip_view, eval_transform
 from sslkit.engine.checkpoint import load_backbone
-from sslkit.engine.trainer import Evaluation, Trainer, resolve_device, resolve_precision
+from sslkit.engine.device import resolve_device, resolve_precision
+from sslkit.engine.trainer import Evaluation, Trainer
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify

@@ -24,39 +24,13 @@ from sslkit import console
 from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.device import resolve_device, resolve_precision, to_device
 from sslkit.engine.method import Method, Progress
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
 from sslkit.engine.schedules import cosine, warmup_cosine
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """auto: bf16 on GPUs that support it, else fp16 on GPUs; fp32 on the CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            name = "fp32"
-        else:
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-    return name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
-
-
-def to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    return batch
+from sslkit.visualize.curves import write_curves
 
 
 @dataclass
@@ -200,14 +174,12 @@ class Trainer:
         self.metrics.write({"epoch": epoch + 1, "step": self.step, **scores})
         display.show_scores(scores)
         key = evaluation.best
-        if key is None or (self.best is not None and scores[key] <= self.best["value"]):
-            return False
-        self.best = {"key": key, "value": scores[key], "epoch": epoch + 1, "step": self.step}
-        return True
+        improved = key is not None and (self.best is None or scores[key] > self.best["value"])
+        if improved:
+            self.best = {"key": key, "value": scores[key], "epoch": epoch + 1, "step": self.step}
+        return improved
 
     def _write_curves(self) -> None:
-        from sslkit.visualize.curves import write_curves
-
         try:
             write_curves(self.out)
         except Exception as error:  # a picture must never cost a run its result

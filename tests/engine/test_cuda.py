@@ -9,7 +9,7 @@ import torch
 import sslkit
 from sslkit.config import MAEConfig
 from sslkit.engine import checkpoint as ckpt
-from sslkit.engine.trainer import resolve_precision
+from sslkit.engine.device import resolve_precision
 from sslkit.methods.mae import MAE, masked_mse, patchify, random_masking
 from tests.conftest import TINY_BYOL
 
