@@ -197,7 +197,8 @@ def _head_summary(lr: float, per_epoch: list[dict]) -> dict:
         "lr": lr,
         "last": {"top1": per_epoch[-1]["top1"], "top5": per_epoch[-1]["top5"]},
         "best": {"top1": per_epoch[best_epoch]["top1"], "top5": per_epoch[best_epoch]["top5"], "epoch": best_epoch + 1},
-        "top1_per_epoch": [round(e["top1"], 2) for e in per_epoch],
+        "top1_per_epoch": [e["top1"] for e in per_epoch],
+        "top5_per_epoch": [e["top5"] for e in per_epoch],
     }
 
 
@@ -291,7 +292,8 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
         "best_top1": fit["best"]["value"], "best_epoch": fit["best"]["epoch"],
         "best_top5": next(r["val_top5"] for r in scored if r["epoch"] == fit["best"]["epoch"]),
         "best_checkpoint": str(out / "checkpoints" / "best.safetensors"),
-        "top1_per_epoch": [round(r["val_top1"], 2) for r in scored],
+        "top1_per_epoch": [r["val_top1"] for r in scored],
+        "top5_per_epoch": [r["val_top5"] for r in scored],
     }
 
 

@@ -91,7 +91,7 @@ def test_probe_linear_reports_every_head_keeps_the_best_checkpoint_and_reuses_ca
     settings = dict(img_size=32, epochs=3, batch_size=8, lr=[0.01, 1.0], device="cpu", workers=0)
     result = sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, out=str(tmp_path / "run"), **settings)
     assert [h["lr"] for h in result["heads"]] == [0.01, 1.0]
-    assert all(len(h["top1_per_epoch"]) == 3 for h in result["heads"])
+    assert all(len(h["top1_per_epoch"]) == len(h["top5_per_epoch"]) == 3 for h in result["heads"])
     chosen = max(result["heads"], key=lambda h: h["last"]["top1"])
     assert result["lr"] == chosen["lr"] and result["top1"] == chosen["last"]["top1"]
     assert result["best_top1"] == max(max(h["top1_per_epoch"]) for h in result["heads"])
