@@ -257,16 +257,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     if options.fraction < 1:
         train_set.keep(balanced_subset(train_set.labels, options.fraction, values.get("seed", 0)))
     batch_size = values.get("batch_size") or _auto_batch(len(train_set))
-    train_cfg = cfg.build(TrainConfig, {
-        "epochs": 100, "weight_decay": 0.05, "min_lr": 1e-6, "optimizer": "adamw",
-        "clip_grad": 0.0, "clip_per_param": False,
-        **{k: values[k] for k in FINETUNE_TRAIN_FIELDS if k in values},
-        "batch_size": batch_size, "betas": (0.9, 0.999),
-    })
-    train_cfg.lr = train_cfg.lr or options.blr * batch_size / 256
-    if train_cfg.warmup_epochs is None:  # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
-        train_cfg.warmup_epochs = min(5.0, train_cfg.epochs / 10)
-    cfg.validate_train(train_cfg)
+    train_cfg = _finetune_train_config(values, batch_size, options.blr)
     if (options.mixup > 0 or options.cutmix > 0) and (batch_size // train_cfg.accum_steps) % 2:
         raise UsageError(f"mixup / cutmix pair each image with another: use an even --batch-size (not {batch_size})")
     method = Finetune(backbone, len(train_set.classes), options, layer_decay, loaded.arch, img_size, train_set.classes)
@@ -281,16 +272,37 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     score = _classification_scores(method, val_loader, val_labels, amp_dtype)
     run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg)}
     fit = Trainer(method, train_set, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    scored = [r for r in records if "val_top1" in r]
     return {
         "model": options.model, "description": loaded.description, "out": str(out), "img_size": img_size,
         "fraction": options.fraction, "num_train": len(train_set), "num_val": len(val_set),
         "num_classes": len(train_set.classes), "epochs": train_cfg.epochs, "batch_size": batch_size,
-        "lr": train_cfg.lr, "layer_decay": layer_decay,
+        "lr": train_cfg.lr, "layer_decay": layer_decay, **_val_history(out, fit["best"]),
+    }
+
+
+def _finetune_train_config(values: dict, batch_size: int, blr: float) -> TrainConfig:
+    """MAE's fine-tuning schedule, with the settings given in ``values`` winning."""
+    train_cfg = cfg.build(TrainConfig, {
+        "epochs": 100, "weight_decay": 0.05, "min_lr": 1e-6, "optimizer": "adamw",
+        "clip_grad": 0.0, "clip_per_param": False,
+        **{k: values[k] for k in FINETUNE_TRAIN_FIELDS if k in values},
+        "batch_size": batch_size, "betas": (0.9, 0.999),
+    })
+    train_cfg.lr = train_cfg.lr or blr * batch_size / 256
+    if train_cfg.warmup_epochs is None:  # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
+        train_cfg.warmup_epochs = min(5.0, train_cfg.epochs / 10)
+    cfg.validate_train(train_cfg)
+    return train_cfg
+
+
+def _val_history(out: Path, best: dict) -> dict:
+    """Last and best val accuracy and the per-epoch curves, from the run's metrics.jsonl."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    scored = [r for r in records if "val_top1" in r]
+    return {
         "top1": scored[-1]["val_top1"], "top5": scored[-1]["val_top5"],
-        "best_top1": fit["best"]["value"], "best_epoch": fit["best"]["epoch"],
-        "best_top5": next(r["val_top5"] for r in scored if r["epoch"] == fit["best"]["epoch"]),
+        "best_top1": best["value"], "best_epoch": best["epoch"],
+        "best_top5": next(r["val_top5"] for r in scored if r["epoch"] == best["epoch"]),
         "best_checkpoint": str(out / "checkpoints" / "best.safetensors"),
         "top1_per_epoch": [r["val_top1"] for r in scored],
         "top5_per_epoch": [r["val_top5"] for r in scored],
