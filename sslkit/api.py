@@ -252,7 +252,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
         raise UsageError("--layer-decay needs a vision transformer (layer ids are its blocks); use 1 for conv nets")
     train_set = ImageFolder(options.train, _finetune_view(finetune_view, img_size, options.randaug), labelled=True)
     val_set = ImageFolder(options.val, eval_transform(img_size), labelled=True)
-    val_labels = _to_train_classes(val_set, train_set)
+    val_labels = val_set.labels_in(train_set)
     labelled_total = len(train_set)
     if options.fraction < 1:
         train_set.keep(balanced_subset(train_set.labels, options.fraction, values.get("seed", 0)))
@@ -369,7 +369,7 @@ class FrozenFeatures:
         """The train and val folders (evaluation transform) and val's labels as train class indices."""
         train_set = ImageFolder(self.options.train, self.transform, labelled=True)
         val_set = ImageFolder(self.options.val, self.transform, labelled=True)
-        return train_set, val_set, _to_train_classes(val_set, train_set)
+        return train_set, val_set, val_set.labels_in(train_set)
 
     def features(self, dataset: ImageFolder, label: str) -> tuple[torch.Tensor, torch.Tensor]:
         return cached_features(self.cache_dir, self.model_id, self.recipe, self.transform, dataset, label=label,
@@ -386,15 +386,6 @@ class FrozenFeatures:
             "num_val": len(val_set),
             "num_classes": len(train_set.classes),
         }
-
-
-def _to_train_classes(val_set: ImageFolder, train_set: ImageFolder) -> torch.Tensor:
-    """Validation labels as indices of the training classes (matched by folder name)."""
-    unknown = sorted(set(val_set.classes) - set(train_set.classes))
-    if unknown:
-        raise UsageError(f"validation classes missing from the training folder: {', '.join(unknown[:5])}")
-    index = {name: i for i, name in enumerate(train_set.classes)}
-    return torch.tensor([index[val_set.classes[y]] for y in val_set.labels])
 
 
 def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,

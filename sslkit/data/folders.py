@@ -64,6 +64,14 @@ class ImageFolder(Dataset):
                     image = self.transform(image)
         return image, self.labels[index]
 
+    def labels_in(self, reference: "ImageFolder") -> torch.Tensor:
+        """This folder's labels as indices of ``reference``'s classes, matched by folder name (val -> train)."""
+        unknown = sorted(set(self.classes) - set(reference.classes))
+        if unknown:
+            raise UsageError(f"classes of {self.root} missing from {reference.root}: {', '.join(unknown[:5])}")
+        index = {name: i for i, name in enumerate(reference.classes)}
+        return torch.tensor([index[self.classes[y]] for y in self.labels])
+
     def keep(self, indices: list[int]) -> None:
         """Restrict the data set to the items at ``indices`` (e.g. a labelled fraction)."""
         self.files = [self.files[i] for i in indices]

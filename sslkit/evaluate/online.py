@@ -15,7 +15,6 @@ from torch import nn
 from sslkit.data.folders import ImageFolder
 from sslkit.data.views import eval_transform
 from sslkit.engine.trainer import Evaluation
-from sslkit.errors import UsageError
 from sslkit.evaluate.features import extract_features
 from sslkit.evaluate.knn import knn_classify
 
@@ -27,11 +26,7 @@ def online_knn(method: nn.Module, memory_dir: str, query_dir: str, img_size: int
     transform = eval_transform(img_size)
     memory = ImageFolder(memory_dir, transform, labelled=True)
     queries = ImageFolder(query_dir, transform, labelled=True)
-    unknown = sorted(set(queries.classes) - set(memory.classes))
-    if unknown:
-        raise UsageError(f"--eval-val classes missing from --eval-train: {', '.join(unknown[:5])}")
-    index = {name: i for i, name in enumerate(memory.classes)}
-    query_labels = torch.tensor([index[queries.classes[y]] for y in queries.labels])
+    query_labels = queries.labels_in(memory)
     prefixes = json.loads(method.checkpoint_metadata()["backbones"])
     backbone = method.get_submodule(prefixes.get("teacher") or next(iter(prefixes.values())))
 
