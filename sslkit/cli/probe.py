@@ -13,7 +13,7 @@ from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, exampl
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
-Model = Annotated[str, typer.Argument(help="A run directory, an sslkit .safetensors checkpoint, an official DINO / MAE .pth, or timm:ARCH (random init).")]
+Model = Annotated[str, typer.Argument(help="A run directory, an sslkit .safetensors checkpoint, an official DINO / MAE .pth, timm:ARCH (random init) or pixels:N (an N x N thumbnail, the no-learning baseline).")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Side of the centre crop (default: the model's training size; 224 for timm:).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256).")]
 Labelled = "Labelled folder: one sub-folder per class."

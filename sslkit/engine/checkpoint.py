@@ -22,7 +22,7 @@ from torch import nn
 
 from sslkit import __version__
 from sslkit.errors import UsageError
-from sslkit.models.backbones import create_backbone, is_vit
+from sslkit.models.backbones import create_backbone, create_thumbnail, is_vit
 
 FORMAT = "sslkit/1"
 
@@ -140,7 +140,7 @@ FOREIGN_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
 def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | None = None, *,
                   arch: str | None = None, dynamic: bool = False, drop_path_rate: float = 0.0) -> LoadedBackbone:
     """The backbone that ``MODEL`` names: a run directory, an sslkit ``.safetensors``, an official DINO / MAE
-    ``.pth`` or ``timm:ARCH``.
+    ``.pth``, ``timm:ARCH`` or ``pixels:N`` (an N x N thumbnail of the image: the no-learning baseline).
 
     ``checkpoint_key`` picks the EMA teacher / target ("teacher") or the online student ("student") of
     methods that train both. ``img_size`` (default: the size the model was trained at; 224 for ``timm:`` and
@@ -151,6 +151,10 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     vit_options = {"dynamic_img_size": True} if dynamic else {}
     if drop_path_rate:
         vit_options["drop_path_rate"] = drop_path_rate
+    if spec.startswith("pixels:"):
+        thumbnail = create_thumbnail(spec)
+        side = thumbnail.side
+        return LoadedBackbone(thumbnail, spec, img_size or 224, f"{side}x{side} pixel thumbnail (no learning)", spec)
     if spec.startswith("timm:"):
         arch = spec[len("timm:"):]
         size = img_size or 224

@@ -57,6 +57,35 @@ def _suggest(arch: str) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
 
 
+class Thumbnail(nn.Module):
+    """``pixels:N``: the image itself, area-averaged to N x N and flattened (3 N^2 features, standardised).
+
+    No learning at all: the floor any encoder's features must clear on k-NN or copy detection.
+    """
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+        self.num_features = 3 * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(x, self.side).flatten(1)
+
+
+def create_thumbnail(spec: str) -> Thumbnail:
+    side = spec[len("pixels:"):] or "16"
+    if not side.isdigit() or int(side) < 1:
+        raise UsageError(f"'{spec}': write pixels:N with N the thumbnail side, e.g. pixels:16")
+    return Thumbnail(int(side))
+
+
+def gem(x: torch.Tensor, p: float, dim, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling over ``dim``: (mean x^p)^(1/p) of the values clamped at ``eps`` (DINO's
+    copy-detection descriptor clamps the same way). p = 1 is average pooling of non-negative values; large p
+    tends to max pooling. Computed in fp32."""
+    return x.float().clamp(min=eps).pow(p).mean(dim=dim).pow(1.0 / p)
+
+
 def is_vit(model: nn.Module) -> bool:
     return hasattr(model, "patch_embed")
 
@@ -77,7 +106,7 @@ def prefers_channels_last(model: nn.Module) -> bool:
     return not is_vit(model) and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-POOLS = ("default", "token", "avg")
+POOLS = ("default", "token", "avg", "gem")
 
 
 @dataclass(frozen=True)
@@ -85,7 +114,9 @@ class FeatureRecipe:
     """Which features of a frozen backbone an evaluation uses.
 
     ``pool``: the model's own pooled embedding (``default``: CLS token for ViTs, average pool for conv nets),
-    the CLS ``token``, or the ``avg`` of the patch tokens. ViTs only: ``n_last_blocks`` concatenates the
+    the CLS ``token``, the ``avg`` of the patch tokens, or ``gem``: DINO's copy-detection descriptor, the CLS
+    token concatenated with the GeM (power ``gem_p``) of the patch tokens for ViTs, the GeM of the last
+    feature map for conv nets. ViTs only: ``n_last_blocks`` concatenates the
     (final-norm) CLS tokens of the last N blocks and ``avgpool_patchtokens`` adds the last block's average
     patch token, as DINO's eval_linear.py does.
     """
@@ -93,10 +124,17 @@ class FeatureRecipe:
     pool: str = "default"
     n_last_blocks: int = 1
     avgpool_patchtokens: bool = False
+    gem_p: float = 4.0
 
     def check(self, backbone: nn.Module) -> None:
         if self.pool not in POOLS:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, not '{self.pool}'")
+        if isinstance(backbone, Thumbnail):
+            if self.pool != "default" or not self.plain:
+                raise UsageError("pixels: thumbnails are their own features; they take no --pool or block options")
+            return
+        if self.pool == "gem" and not (self.plain and self.gem_p > 0):
+            raise UsageError("--pool gem takes a positive GeM power and no --n-last-blocks / --avgpool-patchtokens")
         if self.n_last_blocks < 1:
             raise UsageError(f"--n-last-blocks must be positive, not {self.n_last_blocks}")
         if is_vit(backbone):
@@ -111,6 +149,8 @@ class FeatureRecipe:
         return self.n_last_blocks == 1 and not self.avgpool_patchtokens
 
     def describe(self) -> str:
+        if self.pool == "gem":
+            return f"GeM (p={self.gem_p:g}) pool, after the CLS token for ViTs"
         parts = [f"{self.pool} pool" if self.n_last_blocks == 1 else f"CLS of the last {self.n_last_blocks} blocks"]
         if self.avgpool_patchtokens:
             parts.append("average patch token")
@@ -119,6 +159,12 @@ class FeatureRecipe:
 
 def recipe_features(backbone: nn.Module, x: torch.Tensor, recipe: FeatureRecipe) -> torch.Tensor:
     """The features ``recipe`` names for the normalised image batch ``x``."""
+    if recipe.pool == "gem":
+        features = backbone.forward_features(x)  # ViT: final-norm tokens, prefix first; conv net: N C H W
+        if not is_vit(backbone):
+            return gem(features, recipe.gem_p, dim=(2, 3))
+        patches = gem(features[:, backbone.num_prefix_tokens:], recipe.gem_p, dim=1)
+        return torch.cat([features[:, 0].float(), patches], dim=-1)
     if not is_vit(backbone) or (recipe.plain and recipe.pool == "default"):
         return backbone(x)
     if recipe.plain:
