@@ -118,6 +118,11 @@ def finetune_view(img_size: int, randaug: str | None) -> v2.Compose:
     return v2.Compose([*steps, v2.PILToTensor()])
 
 
+def square_transform(img_size: int) -> v2.Compose:
+    """Resize to img_size x img_size, whatever the aspect ratio, and crop nothing (DINO's copy detection)."""
+    return v2.Compose([v2.Resize((img_size, img_size), interpolation=BICUBIC, antialias=True), v2.PILToTensor()])
+
+
 def eval_transform(img_size: int) -> v2.Compose:
     """Resize the short side to img_size * 256/224, centre-crop img_size (224 from 256 at full size)."""
     return v2.Compose(
