@@ -1,0 +1,157 @@
+"""A Copydays-"strong"-like copy-detection benchmark made from any folder of images.
+
+Layout of the output folder::
+
+    database/000017.jpg        originals (the longer side at most --max-size)
+    queries/000017_1.jpg       strong copies of each original (2 to 4 attacks each)
+    distractors/d000004.jpg    more database images that no query copies (optional)
+    whiten/w000009.jpg         images to learn the PCA whitening on (optional)
+    ground_truth.csv           query,original,attacks
+    benchmark.json             how it was made
+
+Images are drawn from the source with the seed, and each copy is made from its own seed, so the same source
+and seed give the same bytes, whatever the number of worker processes. The folder appears complete or not
+at all: it is built beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from sslkit import __version__, console
+from sslkit.data.attacks import ATTACKS, strong_copy
+from sslkit.data.folders import ImageFolder, load_rgb
+from sslkit.errors import UsageError
+
+
+@dataclass
+class BenchmarkConfig:
+    originals: int | None = None  # None: up to 150 (Copydays has 157), fewer when the source is small
+    copies: int = 2  # strong copies per original (Copydays "strong": 229 for 157 originals)
+    distractors: int = 0
+    whiten: int = 0
+    max_size: int = 512  # longer side of every written image; 0 keeps the source size
+    min_attacks: int = 2
+    max_attacks: int = 4
+    quality: int = 90  # JPEG quality of the written files (the attacks' own JPEG is separate)
+    seed: int = 0
+
+
+def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig, workers: int = 0,
+                   force: bool = False) -> dict:
+    """Build the benchmark from the images under ``source`` into ``out``; returns its summary."""
+    _validate(options)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UsageError(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
+    files = list(ImageFolder(source).files)
+    random.Random(options.seed).shuffle(files)
+    extra = options.distractors + options.whiten
+    originals = options.originals if options.originals is not None else min(150, len(files) - extra)
+    if originals < 1 or originals + extra > len(files):
+        raise UsageError(f"{source} has {len(files)} readable images; {originals} originals + {options.distractors} "
+                         f"distractors + {options.whiten} whitening images need {originals + extra}")
+    jobs = [("original", i, files[i]) for i in range(originals)]
+    jobs += [("distractor", i, files[originals + i]) for i in range(options.distractors)]
+    jobs += [("whiten", i, files[originals + options.distractors + i]) for i in range(options.whiten)]
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for folder in ("database", "queries") + (("distractors",) if options.distractors else ()) + \
+                      (("whiten",) if options.whiten else ()):
+            (partial / folder).mkdir(parents=True)
+        rows = []
+        for made in _run(jobs, partial, options, workers):
+            rows += made
+        _write_ground_truth(partial / "ground_truth.csv", rows)
+        summary = {"source": str(source), "out": str(out), **asdict(options), "originals": originals,
+                   "num_queries": len(rows), "attacks": sorted(ATTACKS), "sslkit_version": __version__}
+        (partial / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return summary
+
+
+def _validate(options: BenchmarkConfig) -> None:
+    for name in ("copies", "min_attacks"):
+        if getattr(options, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, not {getattr(options, name)}")
+    for name in ("distractors", "whiten", "max_size"):
+        if getattr(options, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(options, name)}")
+    if options.originals is not None and options.originals < 1:
+        raise UsageError(f"--originals must be positive, not {options.originals}")
+    if not options.min_attacks <= options.max_attacks <= len(ATTACKS):
+        raise UsageError(f"--min-attacks / --max-attacks must satisfy 1 <= min <= max <= {len(ATTACKS)}")
+    if not 1 <= options.quality <= 100:
+        raise UsageError(f"--quality must lie in 1..100, not {options.quality}")
+
+
+def _run(jobs: list, root: Path, options: BenchmarkConfig, workers: int):
+    """Each job's ground-truth rows, in job order, made in ``workers`` processes (0: in this one)."""
+    tasks = [(kind, index, path, root, options) for kind, index, path in jobs]
+    if workers <= 0:
+        yield from console.track(map(_make, tasks), len(tasks), "benchmark images")
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from console.track(pool.map(_make, tasks, chunksize=8), len(tasks), "benchmark images")
+
+
+def _make(task) -> list[list[str]]:
+    kind, index, path, root, options = task
+    image = _shrink(load_rgb(path), options.max_size)
+    if kind != "original":
+        folder, prefix = ("distractors", "d") if kind == "distractor" else ("whiten", "w")
+        _save(image, root / folder / f"{prefix}{index:06d}.jpg", options.quality)
+        return []
+    name = f"{index:06d}"
+    _save(image, root / "database" / f"{name}.jpg", options.quality)
+    rows = []
+    for copy in range(1, options.copies + 1):
+        rng = random.Random(f"{options.seed}/{index}/{copy}")
+        attacked, names = strong_copy(image, rng, options.min_attacks, options.max_attacks)
+        query = f"{name}_{copy}.jpg"
+        _save(attacked, root / "queries" / query, options.quality)
+        rows.append([query, f"{name}.jpg", ";".join(names)])
+    return rows
+
+
+def _shrink(image: Image.Image, max_size: int) -> Image.Image:
+    if max_size and max(image.size) > max_size:
+        scale = max_size / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+def _save(image: Image.Image, path: Path, quality: int) -> None:
+    image.save(path, format="JPEG", quality=quality)
+
+
+def _write_ground_truth(path: Path, rows: list[list[str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["query", "original", "attacks"])
+        writer.writerows(rows)
+
+
+def _replace(partial: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing ``out`` (with --force) is removed only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(partial, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
