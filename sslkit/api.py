@@ -11,6 +11,7 @@ import dataclasses
 import json
 import random
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -242,6 +243,8 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     _seed_everything(values.get("seed", 0))
     loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
                            drop_path_rate=options.drop_path)
+    if not any(True for _ in loaded.module.parameters()):
+        raise UsageError(f"{model} has no weights to fine-tune")
     backbone, img_size = loaded.module.train().requires_grad_(True), loaded.img_size
     if options.pool != "default":
         if not is_vit(backbone):
@@ -347,18 +350,24 @@ def _classification_scores(model, loader, labels: torch.Tensor, amp_dtype):
 
 
 class FrozenFeatures:
-    """The frozen model of an evaluation, its feature recipe and the (cached) features it gives per folder."""
+    """The frozen model of an evaluation, its feature recipe and the (cached) features it gives per folder.
 
-    def __init__(self, options, default_blocks: int):
+    ``options``: a FrozenConfig, or any settings with its feature fields (CopyDetectConfig).
+    """
+
+    def __init__(self, options, default_blocks: int, transform=eval_transform):
         self.options = options
         self.device = resolve_device(options.device)
         _, self.amp_dtype = resolve_precision(options.precision, self.device)
         _seed_everything(options.seed)
         self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch)
+        patch = patch_size(self.loaded.module)
+        if patch and self.loaded.img_size % patch:
+            raise UsageError(f"--img-size {self.loaded.img_size} is not a multiple of the model's patch size {patch}")
         blocks = options.n_last_blocks or (default_blocks if is_vit(self.loaded.module) else 1)
-        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens)
+        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens, getattr(options, "gem_p", 4.0))
         self.recipe.check(self.loaded.module)
-        self.transform = eval_transform(self.loaded.img_size)
+        self.transform = transform(self.loaded.img_size)
         self.workers = default_workers() if options.workers is None else options.workers
         cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) if options.cache else None
         self.cache_dir = cache_dir
@@ -386,6 +395,124 @@ class FrozenFeatures:
             "num_val": len(val_set),
             "num_classes": len(train_set.classes),
         }
+
+
+def copydetect(model: str, database: str | Path, queries: str | Path, **settings) -> dict:
+    """Copy detection (DINO's protocol): each image of ``queries`` searches ``database`` (plus ``distractors``) by
+    the cosine similarity of descriptors (CLS + GeM-pooled patch tokens, whitened when ``whiten`` names a folder).
+
+    With ``ground_truth`` (a CSV / TSV file, ``copydays`` or ``prefix:N``) returns mAP (trapezoidal AP, as the
+    Holidays / Copydays evaluation), micro-AP and recall@1 / @10, in percent; ``matches`` writes the ranked
+    matches as CSV. Times and peak memory are in ``seconds`` and ``peak_memory_mb``.
+    """
+    from sslkit.config import CopyDetectConfig
+    from sslkit.data.views import square_transform
+    from sslkit.evaluate.copydetect import GroundTruth, Whitening, comparable, write_matches
+    from sslkit.evaluate.retrieval import ranking_scores, search
+
+    options = CopyDetectConfig(model=str(model), database=str(database), queries=str(queries),
+                               **{k: v for k, v in settings.items() if v is not None})
+    cfg.validate_copydetect(options)
+    if options.model.startswith("pixels:"):
+        options.pool = "default"  # a thumbnail is its own descriptor
+    frozen = FrozenFeatures(options, default_blocks=1, transform=square_transform)
+    folders = {"database": options.database, "distractors": options.distractors, "whiten": options.whiten,
+               "queries": options.queries}
+    sets = {name: ImageFolder(folder, frozen.transform) for name, folder in folders.items() if folder}
+    database_files = sets["database"].files + (sets["distractors"].files if "distractors" in sets else [])
+    truth = GroundTruth.load(options.ground_truth, Path(options.queries), sets["queries"].files,
+                             Path(options.database), sets["database"].files) if options.ground_truth else None
+    seconds, features = {}, {}
+    for name, dataset in sets.items():
+        start = time.perf_counter()
+        features[name] = frozen.features(dataset, name)[0]
+        seconds[name] = round(time.perf_counter() - start, 3)
+    whitening = None
+    if options.whiten:
+        learn_from = features.pop("whiten")
+        if len(learn_from) < learn_from.shape[1]:
+            console.warn(f"whitening {learn_from.shape[1]}-d descriptors from only {len(learn_from)} images: the "
+                         "smallest directions are guessed; give --whiten several times more images than dimensions")
+        whitening = Whitening.fit(learn_from, options.whiten_power)
+    start = time.perf_counter()
+    databases = [features["database"]] + ([features["distractors"]] if options.distractors else [])
+    scores, indices = search(comparable(features["queries"], whitening), databases, options.top_k,
+                             prepare=lambda chunk: comparable(chunk, whitening), device=frozen.device)
+    seconds["search"] = round(time.perf_counter() - start, 3)
+    ranked = ranking_scores(scores, indices, truth.positives) if truth else None
+    database_seconds = seconds["database"] + seconds.get("distractors", 0.0) + seconds["search"]
+    results = {
+        "model": options.model, "description": frozen.loaded.description, "descriptor": "pixels" if options.model.startswith("pixels:") else frozen.recipe.describe(),
+        "dim": int(features["queries"].shape[1]), "img_size": frozen.loaded.img_size,
+        "num_queries": len(sets["queries"]), "num_database": len(sets["database"]),
+        "num_distractors": len(sets["distractors"]) if options.distractors else 0,
+        "whitening": {"folder": options.whiten, "images": len(sets["whiten"]), "power": options.whiten_power}
+        if options.whiten else None,
+        "top_k": options.top_k, "ground_truth": options.ground_truth,
+        **(_copy_scores(ranked, truth) if truth else {}),
+        "examples": _copy_examples(scores, indices, ranked, truth, sets["queries"].files, database_files),
+        "seconds": seconds, "per_1000_database_s": round(1000 * database_seconds / len(database_files), 3),
+        "peak_memory_mb": _peak_memory(frozen.device), "matches": options.matches,
+    }
+    if options.matches:
+        write_matches(Path(options.matches), sets["queries"].files, database_files, scores, indices, truth,
+                      options.min_score)
+    return results
+
+
+def make_copy_benchmark(source: str | Path, out: str | Path, *, workers: int | None = None, force: bool = False,
+                        **settings) -> dict:
+    """A Copydays-"strong"-like benchmark from the images under ``source``, written to ``out``: originals in
+    ``database/``, strong copies in ``queries/``, optional ``distractors/`` and ``whiten/``, and
+    ``ground_truth.csv``. ``settings``: ``originals``, ``copies``, ``distractors``, ``whiten``, ``max_size``,
+    ``min_attacks``, ``max_attacks``, ``quality``, ``seed``. The same seed gives the same bytes."""
+    from sslkit.data.copybench import BenchmarkConfig, make_benchmark
+
+    options = BenchmarkConfig(**{k: v for k, v in settings.items() if v is not None})
+    return make_benchmark(source, out, options, default_workers() if workers is None else workers, force)
+
+
+def _copy_scores(ranked: dict, truth) -> dict:
+    """mAP, micro-AP, recall@1 / @10 (percent), and mAP per group of queries (e.g. per attack)."""
+    percent = {name: round(100 * value, 2) for name, value in ranked.items() if name != "ap"}
+    groups = {}
+    for q, names in enumerate(truth.groups or []):
+        for name in names:
+            if ranked["ap"][q] is not None:
+                groups.setdefault(name, []).append(ranked["ap"][q])
+    return {
+        **percent, "queries_with_copies": sum(1 for p in truth.positives if p),
+        "groups": {name: {"map": round(100 * sum(ap) / len(ap), 2), "queries": len(ap)} for name, ap in sorted(groups.items())},
+        "ap": [None if ap is None else round(ap, 4) for ap in ranked["ap"]],
+    }
+
+
+def _copy_examples(scores: torch.Tensor, indices: torch.Tensor, ranked: dict | None, truth, queries: list[Path],
+                   database: list[Path], count: int = 10) -> list[dict]:
+    """The first queries' best matches; with a ground truth, the queries whose copy ranks worst."""
+    order = list(range(len(queries)))
+    if truth:
+        ap = ranked["ap"]
+        order = sorted((q for q in order if ap[q] is not None), key=lambda q: (ap[q], q))
+    examples = []
+    for q in order[:count]:
+        example = {"query": str(queries[q]), "match": str(database[indices[q, 0]]), "score": round(scores[q, 0].item(), 4)}
+        if truth:
+            example["copy"] = int(indices[q, 0]) in truth.positives[q]
+            example["originals"] = [str(database[i]) for i in sorted(truth.positives[q])]
+        examples.append(example)
+    return examples
+
+
+def _peak_memory(device: torch.device) -> dict:
+    """Peak resident memory (MB) of this process and of its largest child (data-loading worker); CUDA's peak."""
+    import resource
+
+    peaks = {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peaks["cuda"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return {name: round(value, 1) for name, value in peaks.items()}
 
 
 def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,

@@ -167,6 +167,37 @@ class LinearConfig(FrozenConfig):
 
 
 @dataclass
+class CopyDetectConfig:
+    """Copy detection (DINO's eval_copy_detection): descriptors of --database (+ --distractors), searched by
+    each query. The feature fields mean what they mean for FrozenConfig."""
+
+    model: str
+    database: str
+    queries: str
+    distractors: str | None = None  # more database images, never copies of a query
+    whiten: str | None = None  # folder the PCA whitening is learned on; None: no whitening
+    whiten_power: float = 0.5
+    ground_truth: str | None = None  # CSV / TSV file, copydays or prefix:N; None: matches only, no scores
+    top_k: int = 10
+    gem_p: float = 4.0
+    pool: str = "gem"  # DINO's CLS + GeM descriptor; default / token / avg as the probes take them
+    min_score: float | None = None  # --matches keeps only pairs scoring at least this
+    matches: str | None = None  # CSV of the ranked matches
+    img_size: int = 320
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    checkpoint_key: str = "teacher"
+    seed: int = 0
+    arch: str | None = None
+    cache_dir: str | None = None
+    cache: bool = True
+    n_last_blocks: int = 1
+    avgpool_patchtokens: bool = False
+
+
+@dataclass
 class FinetuneConfig:
     """Full fine-tuning with labels: MAE's main_finetune.py recipe (anchors.md 2.2); None: chosen for the model."""
 
@@ -297,6 +328,15 @@ def validate_knn(options: KNNConfig) -> None:
     for k in options.k:
         _positive("k", k)
     _positive("temperature", options.temperature)
+
+
+def validate_copydetect(options: CopyDetectConfig) -> None:
+    validate_frozen(options)
+    choice("pool", options.pool, ("gem", "default", "token", "avg"))
+    for name in ("top_k", "whiten_power", "gem_p"):
+        _positive(name, getattr(options, name))
+    if options.min_score is not None and not -1 <= options.min_score <= 1:
+        raise UsageError(f"--min-score is a cosine similarity in [-1, 1], not {options.min_score}")
 
 
 def validate_linear(options: LinearConfig) -> None:

@@ -5,7 +5,7 @@ import sys
 import typer
 
 from sslkit import __version__
-from sslkit.cli import attention, finetune, pretrain, probe, reconstruct
+from sslkit.cli import attention, copydetect, finetune, pretrain, probe, reconstruct
 
 app = typer.Typer(
     name="sslkit",
@@ -20,6 +20,7 @@ app.add_typer(probe.app, name="probe")
 app.command(name="finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
 app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(attention.attention)
 app.command(name="reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(reconstruct.reconstruct)
+app.add_typer(copydetect.app, name="copydetect")
 
 
 def _version(value: bool) -> None:

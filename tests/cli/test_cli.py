@@ -24,7 +24,7 @@ def sslkit(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands_and_every_command_shows_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert all(name in result.output for name in ("pretrain", "probe", "finetune", "attention", "reconstruct"))
+    assert all(name in result.output for name in ("pretrain", "probe", "finetune", "attention", "reconstruct", "copydetect"))
     for command in (["pretrain", "byol"], ["pretrain", "dino"], ["pretrain", "mae"], ["probe", "knn"],
                     ["probe", "linear"], ["finetune"], ["attention"], ["reconstruct"]):
         result = runner.invoke(app, [*command, "--help"])
