@@ -21,7 +21,7 @@ FEATURES = "Features"
 CheckpointKey = Annotated[Optional[str], typer.Option(help="teacher (the EMA network, default) or student (the online one).")]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the weights of a timm: random-init baseline (default 0).")]
 Arch = Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViTs).")]
-Pool = Annotated[Optional[str], typer.Option(help="default (CLS token for ViTs, average pool for conv nets), token or avg (mean patch token).", rich_help_panel=FEATURES)]
+Pool = Annotated[Optional[str], typer.Option(help="default (CLS token for ViTs, average pool for conv nets), token, avg (mean patch token) or gem (CLS + GeM p=4 of the patch tokens, copy detection's descriptor).", rich_help_panel=FEATURES)]
 NLastBlocks = Annotated[Optional[int], typer.Option(help="ViTs: concatenate the CLS tokens of the last N blocks (DINO's eval_linear).", rich_help_panel=FEATURES)]
 AvgpoolPatchtokens = Annotated[Optional[bool], typer.Option("--avgpool-patchtokens/--no-avgpool-patchtokens", help="ViTs: append the average patch token of the last block (DINO's recipe for ViT-B).", rich_help_panel=FEATURES)]
 CacheDir = Annotated[Optional[Path], typer.Option(help="Feature cache (default $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features).", rich_help_panel=FEATURES)]
