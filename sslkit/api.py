@@ -439,7 +439,8 @@ def copydetect(model: str, database: str | Path, queries: str | Path, **settings
     scores, indices = search(comparable(features["queries"], whitening), databases, options.top_k,
                              prepare=lambda chunk: comparable(chunk, whitening), device=frozen.device)
     seconds["search"] = round(time.perf_counter() - start, 3)
-    ranked = ranking_scores(scores, indices, truth.positives) if truth else None
+    recall_at = sorted({1, min(10, options.top_k)})
+    ranked = ranking_scores(scores, indices, truth.positives, recall_at) if truth else None
     database_seconds = seconds["database"] + seconds.get("distractors", 0.0) + seconds["search"]
     results = {
         "model": options.model, "description": frozen.loaded.description, "descriptor": "pixels" if options.model.startswith("pixels:") else frozen.recipe.describe(),

@@ -119,11 +119,11 @@ def _show(results: dict) -> None:
     )
     if "map" in results:
         table = Table()
-        for column in ("mAP %", "micro-AP %", "recall@1 %", f"recall@{min(10, results['top_k'])} %", "queries with copies"):
+        recall = f"recall@{min(10, results['top_k'])}"
+        for column in ("mAP %", "micro-AP %", "recall@1 %", f"{recall} %", "queries with copies"):
             table.add_column(column, justify="right")
-        recall = results.get("recall@10", results.get(f"recall@{results['top_k']}", float("nan")))
         table.add_row(f"{results['map']:.2f}", f"{results['micro_ap']:.2f}", f"{results['recall@1']:.2f}",
-                      f"{recall:.2f}", str(results["queries_with_copies"]))
+                      f"{results[recall]:.2f}", str(results["queries_with_copies"]))
         console.stdout.print(table)
         if results["groups"]:
             groups = Table(title="mAP % per attack (a query counts under each of its attacks)")

@@ -100,9 +100,10 @@ def ranking_scores(scores: torch.Tensor, indices: torch.Tensor, positives: Seque
     - ``micro_ap``: every (query, result) pair of all lists pooled and ranked by score, then the
       non-interpolated AP over all positive pairs: it also rewards scores that are comparable across queries,
       i.e. a threshold that works for all of them (queries without positives count here, as false matches);
-    - ``recall@n``: share of the queries with positives that find one in their first n results.
+    - ``recall@n``: share of the queries with positives that find one in their first n results (in the whole
+      list when it is shorter: ask only for the n the lists can answer).
     """
-    ap, pairs, found_at = [], [], {n: 0 for n in recall_at if n <= scores.shape[1]}
+    ap, pairs, found_at = [], [], {n: 0 for n in recall_at}
     for row_scores, row_indices, wanted in zip(scores.tolist(), indices.tolist(), positives):
         hits = [i in wanted for i in row_indices]
         pairs += zip(row_scores, hits)

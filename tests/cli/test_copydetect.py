@@ -39,6 +39,7 @@ def test_copydetect_end_to_end_on_a_generated_benchmark(bench, tmp_path):
     assert scores["whitening"] == {"folder": str(bench / "whiten"), "images": 8, "power": 0.5}
     assert scores["queries_with_copies"] == 16 and scores["top_k"] == 5
     assert 0 <= scores["map"] <= 100 and 0 <= scores["micro_ap"] <= 100 and "recall@10" not in scores
+    assert 0 <= scores["recall@1"] <= scores["recall@5"] <= 100
     assert scores["map"] == pytest.approx(sum(scores["ap"]) / 16 * 100, abs=0.02)
     assert set(scores["groups"]) <= {"blur", "colour", "crop", "flip", "jpeg", "paint", "perspective", "print-scan",
                                      "rotate", "text"}
