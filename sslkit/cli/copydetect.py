@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 
 from sslkit import console
 from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
-from sslkit.cli.probe import CacheDir, Cache, Model
+from sslkit.cli.probe import Arch, Cache, CacheDir, CheckpointKey, Model, Seed
 
 
 class _SearchByDefault(TyperGroup):
@@ -50,7 +50,7 @@ app = typer.Typer(
     ),
 )
 DATA = "Data"
-FEATURES = "Descriptors"
+FEATURES = "Features"
 
 
 @app.command(
@@ -78,9 +78,9 @@ def search(
     gem_p: Annotated[Optional[float], typer.Option(help="Power of the GeM pooling of the patch tokens (default 4; 1 is average pooling).", rich_help_panel=FEATURES)] = None,
     pool: Annotated[Optional[str], typer.Option(help="gem (DINO's CLS + GeM descriptor, default), or default / token / avg as the probes take them.", rich_help_panel=FEATURES)] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square (default 320, DINO's; a multiple of a ViT's patch size).", rich_help_panel=FEATURES)] = None,
-    checkpoint_key: Annotated[Optional[str], typer.Option(help="teacher (the EMA network, default) or student.", rich_help_panel=FEATURES)] = None,
-    arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViTs).", rich_help_panel=FEATURES)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of a timm: random-init baseline's weights (default 0).", rich_help_panel=FEATURES)] = None,
+    checkpoint_key: CheckpointKey = None,
+    arch: Arch = None,
+    seed: Seed = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 64).")] = None,
     cache_dir: CacheDir = None,
     cache: Cache = None,
