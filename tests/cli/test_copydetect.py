@@ -103,3 +103,13 @@ def test_copydetect_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = runner.invoke(app, [a.format(tmp=tmp_path, data=data) for a in args])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pixels_baseline_also_drives_the_knn_probe(tmp_path):
+    data = make_folder(tmp_path / "data", classes=3, per_class=6)  # classes differ by their dominant colour
+    out = tmp_path / "knn.json"
+    result = runner.invoke(app, ["probe", "knn", "pixels:2", "--train", str(data), "--val", str(data), "--k", "1",
+                                 *FAST, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())
+    assert scores["description"] == "2x2 pixel thumbnail (no learning)" and scores["top1"] == 100.0
