@@ -442,8 +442,10 @@ def copydetect(model: str, database: str | Path, queries: str | Path, **settings
     recall_at = sorted({1, min(10, options.top_k)})
     ranked = ranking_scores(scores, indices, truth.positives, recall_at) if truth else None
     database_seconds = seconds["database"] + seconds.get("distractors", 0.0) + seconds["search"]
+    pixels = options.model.startswith("pixels:")
     results = {
-        "model": options.model, "description": frozen.loaded.description, "descriptor": "pixels" if options.model.startswith("pixels:") else frozen.recipe.describe(),
+        "model": options.model, "description": frozen.loaded.description,
+        "descriptor": "pixels" if pixels else frozen.recipe.describe(),
         "dim": int(features["queries"].shape[1]), "img_size": frozen.loaded.img_size,
         "num_queries": len(sets["queries"]), "num_database": len(sets["database"]),
         "num_distractors": len(sets["distractors"]) if options.distractors else 0,
@@ -483,7 +485,8 @@ def _copy_scores(ranked: dict, truth) -> dict:
                 groups.setdefault(name, []).append(ranked["ap"][q])
     return {
         **percent, "queries_with_copies": sum(1 for p in truth.positives if p),
-        "groups": {name: {"map": round(100 * sum(ap) / len(ap), 2), "queries": len(ap)} for name, ap in sorted(groups.items())},
+        "groups": {name: {"map": round(100 * sum(ap) / len(ap), 2), "queries": len(ap)}
+                   for name, ap in sorted(groups.items())},
         "ap": [None if ap is None else round(ap, 4) for ap in ranked["ap"]],
     }
 
@@ -497,7 +500,8 @@ def _copy_examples(scores: torch.Tensor, indices: torch.Tensor, ranked: dict | N
         order = sorted((q for q in order if ap[q] is not None), key=lambda q: (ap[q], q))
     examples = []
     for q in order[:count]:
-        example = {"query": str(queries[q]), "match": str(database[indices[q, 0]]), "score": round(scores[q, 0].item(), 4)}
+        example = {"query": str(queries[q]), "match": str(database[indices[q, 0]]),
+                   "score": round(scores[q, 0].item(), 4)}
         if truth:
             example["copy"] = int(indices[q, 0]) in truth.positives[q]
             example["originals"] = [str(database[i]) for i in sorted(truth.positives[q])]

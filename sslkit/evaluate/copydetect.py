@@ -117,7 +117,8 @@ def _read_rows(path: Path) -> list[tuple[str, list[str], list[str]]]:
     """(query, originals, groups) per row of a CSV or TSV file (delimiter from the first line)."""
     text = path.read_text(encoding="utf-8-sig")
     first = text.splitlines()[0] if text.strip() else ""
-    rows = [[cell.strip() for cell in row] for row in csv.reader(text.splitlines(), delimiter="\t" if "\t" in first else ",")]
+    delimiter = "\t" if "\t" in first else ","
+    rows = [[cell.strip() for cell in row] for row in csv.reader(text.splitlines(), delimiter=delimiter)]
     rows = [row for row in rows if any(row) and not row[0].startswith("#")]
     if not rows:
         raise UsageError(f"{path} holds no ground-truth rows")
