@@ -22,18 +22,23 @@ from torch import nn
 
 from sslkit import __version__
 from sslkit.errors import UsageError
-from sslkit.models.backbones import create_backbone, create_thumbnail, is_vit
+from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, is_vit,
+                                     patch_size)
 
 FORMAT = "sslkit/1"
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write ``path`` so that a crash at any moment leaves either the old file or the new one, never a mix."""
+    save_safetensors(path, tensors, {"format": FORMAT, "sslkit_version": __version__, **metadata})
+
+
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Any safetensors file, written atomically (temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    meta = {"format": FORMAT, "sslkit_version": __version__, **metadata}
-    save_file(_storable(tensors), str(tmp), metadata=meta)
+    save_file(_storable(tensors), str(tmp), metadata=metadata)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -65,9 +70,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_metadata(path: Path) -> dict[str, str]:
+def raw_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata, whoever wrote it."""
     with _open(path) as handle:
-        metadata = handle.metadata() or {}
+        return handle.metadata() or {}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    metadata = raw_metadata(path)
     if metadata.get("format") != FORMAT:
         raise UsageError(f"{path} is a safetensors file but not an sslkit checkpoint (no format={FORMAT} metadata)")
     return metadata
@@ -132,6 +142,8 @@ class LoadedBackbone:
     img_size: int
     description: str
     source: str  # the file the weights came from, or timm:ARCH
+    method: str = ""  # the sslkit method that trained it ("" for foreign files and random inits)
+    step: str = ""
 
 
 FOREIGN_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
@@ -167,10 +179,15 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     elif not path.exists():
         raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors or .pth file, or timm:ARCH)")
     if path.suffix in FOREIGN_SUFFIXES:
-        return _load_foreign(path, checkpoint_key, img_size, arch, vit_options)
+        state = backbone_state(read_torch_file(path), checkpoint_key, path)
+        return _load_foreign(state, path, img_size, arch, vit_options)
     if path.suffix != ".safetensors":
         raise UsageError(f"{spec}: expected a run directory, an sslkit .safetensors, a .pth file or timm:ARCH")
-    metadata = read_metadata(path)
+    metadata = raw_metadata(path)
+    if metadata.get("format") != FORMAT:  # a plain state dict in timm names (`sslkit export`, timm's own files)
+        state = backbone_state(read_tensors(path), checkpoint_key, path)
+        exported_size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else None
+        return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options)
     prefixes = json.loads(metadata.get("backbones", "{}"))
     if len(prefixes) == 1:  # one network (MAE's encoder): teacher / student do not apply
         checkpoint_key = next(iter(prefixes))
@@ -182,14 +199,14 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     load_strict(module, state, path)
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
         module.set_input_size(img_size=img_size)  # resamples the position embedding
-    description = f"{metadata['method']} {arch} ({checkpoint_key}), step {metadata.get('step', '?')}"
-    return LoadedBackbone(module, arch, img_size or trained_size, description, str(path))
+    step = metadata.get("step", "?")
+    description = f"{metadata['method']} {arch} ({checkpoint_key}), step {step}"
+    return LoadedBackbone(module, arch, img_size or trained_size, description, str(path), metadata["method"], step)
 
 
-def _load_foreign(path: Path, checkpoint_key: str, img_size: int | None, arch: str | None,
+def _load_foreign(state: dict[str, torch.Tensor], path: Path, img_size: int | None, arch: str | None,
                   vit_options: dict) -> LoadedBackbone:
-    """An official DINO / MAE checkpoint: a backbone state dict in timm names, or a dict holding one."""
-    state = backbone_state(read_torch_file(path), checkpoint_key, path)
+    """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a timm file's or an export's."""
     arch = arch or infer_vit_arch(state, path)
     native = native_img_size(state)
     module = create_backbone(arch, native, **vit_options)
@@ -273,3 +290,33 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 def _few(keys: list[str], shown: int = 3) -> str:
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
     return ", ".join(keys[:shown]) + more
+
+
+EXPORT_FORMATS = ("timm", "sslkit")
+
+
+def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm") -> dict[str, str]:
+    """Write ``loaded``'s backbone to ``out``, atomically; returns the metadata written with it.
+
+    ``timm``: a plain state dict in timm names, which ``timm.create_model(arch, pretrained=True,
+    pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads (and every sslkit command takes as MODEL);
+    ``sslkit``: an sslkit checkpoint holding the backbone alone.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{fmt}'")
+    if not any(True for _ in loaded.module.parameters()):
+        raise UsageError(f"{loaded.source} has no weights to export")
+    module = loaded.module
+    metadata = {
+        "arch": loaded.arch, "img_size": str(loaded.img_size), "patch_size": str(patch_size(module) or ""),
+        "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
+        "pooling": "token" if is_vit(module) else "avg", "method": loaded.method or "none",
+        "step": loaded.step, "source": loaded.source, "sslkit_version": __version__,
+    }
+    state = module.state_dict()
+    if fmt == "timm":
+        save_safetensors(out, state, {"format": "pt", **metadata})  # "pt": the Hugging Face convention
+    else:
+        save_checkpoint(out, {f"model.backbone.{k}": v for k, v in state.items()},
+                        {**metadata, "backbones": json.dumps({"backbone": "backbone"})})
+    return metadata
