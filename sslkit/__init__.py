@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "attention", "copydetect", "finetune", "make_copy_benchmark", "pretrain", "probe_knn",
-           "probe_linear", "reconstruct"]
+__all__ = ["__version__", "attention", "copydetect", "export", "finetune", "make_copy_benchmark", "pretrain",
+           "probe_knn", "probe_linear", "reconstruct"]
 
 
 def __getattr__(name: str):

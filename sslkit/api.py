@@ -520,6 +520,24 @@ def _peak_memory(device: torch.device) -> dict:
     return {name: round(value, 1) for name, value in peaks.items()}
 
 
+def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key: str = "teacher",
+           arch: str | None = None, img_size: int | None = None) -> dict:
+    """Write ``model``'s backbone to the safetensors file ``out``: in timm names (``format="timm"``), which
+    ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads, or
+    as an sslkit checkpoint of the backbone alone (``"sslkit"``). Returns what was written."""
+    from sslkit.engine.checkpoint import export_backbone
+
+    cfg.choice("checkpoint_key", checkpoint_key, ("teacher", "student"))
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must name a .safetensors file, not {out}")
+    loaded = load_backbone(str(model), checkpoint_key, img_size, arch=arch)
+    metadata = export_backbone(loaded, out, format)
+    parameters = sum(p.numel() for p in loaded.module.parameters())
+    return {"model": str(model), "description": loaded.description, "out": str(out), "format": format,
+            "parameters": parameters, **metadata}
+
+
 def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,
               threshold: float | None = None, checkpoint_key: str = "teacher", arch: str | None = None,
               device: str = "auto") -> dict:

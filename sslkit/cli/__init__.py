@@ -5,7 +5,7 @@ import sys
 import typer
 
 from sslkit import __version__
-from sslkit.cli import attention, copydetect, finetune, pretrain, probe, reconstruct
+from sslkit.cli import attention, copydetect, export, finetune, pretrain, probe, reconstruct
 
 app = typer.Typer(
     name="sslkit",
@@ -21,6 +21,7 @@ app.command(name="finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetun
 app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(attention.attention)
 app.command(name="reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(reconstruct.reconstruct)
 app.add_typer(copydetect.app, name="copydetect")
+app.command(name="export", help=export.HELP, epilog=export.EPILOG)(export.export)
 
 
 def _version(value: bool) -> None:
