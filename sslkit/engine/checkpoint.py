@@ -207,7 +207,7 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
 def _load_foreign(state: dict[str, torch.Tensor], path: Path, img_size: int | None, arch: str | None,
                   vit_options: dict) -> LoadedBackbone:
     """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a timm file's or an export's."""
-    arch = arch or infer_vit_arch(state, path)
+    arch = arch or (infer_resnet_arch(state, path) if "layer1.0.conv1.weight" in state else infer_vit_arch(state, path))
     native = native_img_size(state)
     module = create_backbone(arch, native, **vit_options)
     load_strict(module, state, path)
@@ -272,6 +272,25 @@ def infer_vit_arch(state: dict[str, torch.Tensor], path: Path) -> str:
     arch = f"vit_{VIT_WIDTHS[weight.shape[0]]}_patch{weight.shape[-1]}_224"
     if not timm.is_model(arch):
         raise UsageError(f"{path} looks like {arch}, which timm does not have; name the model with --arch")
+    return arch
+
+
+RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+
+def infer_resnet_arch(state: dict[str, torch.Tensor], path: Path) -> str:
+    """The timm name of a ResNet state dict in torchvision / timm names (DINO's ResNet-50, torchvision's files),
+    from its blocks per stage, their kind (bottleneck or basic) and their width."""
+    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4))
+    bottleneck = "layer1.0.conv3.weight" in state
+    arch = RESNETS.get((blocks, bottleneck))
+    if arch in ("resnet50", "resnet101") and state["layer1.0.conv1.weight"].shape[0] == 128:
+        arch = f"wide_{arch}_2"  # twice the bottleneck width
+    if arch is None:
+        kind = "bottleneck" if bottleneck else "basic"
+        raise UsageError(f"{path} is a ResNet with {blocks} {kind} blocks per stage that sslkit cannot name; "
+                         "give --arch (a timm model name)")
     return arch
 
 

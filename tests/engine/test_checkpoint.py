@@ -66,3 +66,35 @@ def test_files_that_are_not_sslkit_checkpoints_are_usage_errors(tmp_path):
     save_file({"x": torch.ones(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(UsageError, match="not an sslkit checkpoint"):
         ckpt.read_metadata(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_torchvision_resnet_files_load_without_arch_and_give_torchvision_features(tmp_path, name):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    torch.save(reference.state_dict(), tmp_path / f"{name}.pth")  # with its fc: a classifier, dropped on load
+    loaded = ckpt.load_backbone(str(tmp_path / f"{name}.pth"))
+    assert loaded.arch == name
+    reference.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module.eval()(x), reference(x))
+
+
+def test_resnet_architecture_is_inferred_from_blocks_kind_and_width():
+    def stages(blocks, bottleneck, width=64):
+        state = {}
+        for stage, count in enumerate(blocks, start=1):
+            for block in range(count):
+                state[f"layer{stage}.{block}.conv1.weight"] = torch.zeros(width, 1, 1, 1)
+                if bottleneck:
+                    state[f"layer{stage}.{block}.conv3.weight"] = torch.zeros(1)
+        return state
+
+    assert ckpt.infer_resnet_arch(stages((3, 4, 6, 3), False), "x") == "resnet34"
+    assert ckpt.infer_resnet_arch(stages((3, 4, 23, 3), True), "x") == "resnet101"
+    assert ckpt.infer_resnet_arch(stages((3, 4, 6, 3), True, width=128), "x") == "wide_resnet50_2"
+    with pytest.raises(UsageError, match=r"\(1, 1, 1, 1\) basic blocks per stage .* --arch"):
+        ckpt.infer_resnet_arch(stages((1, 1, 1, 1), False), "x")
