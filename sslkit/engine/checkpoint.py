@@ -171,18 +171,10 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
         arch = spec[len("timm:"):]
         size = img_size or 224
         return LoadedBackbone(create_backbone(arch, size, **vit_options), arch, size, f"{arch}, random init", spec)
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.safetensors"
-        if not path.is_file():
-            raise UsageError(f"{spec} is a folder without checkpoints/last.safetensors (not an sslkit run)")
-    elif not path.exists():
-        raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors or .pth file, or timm:ARCH)")
+    path = model_path(spec)
     if path.suffix in FOREIGN_SUFFIXES:
         state = backbone_state(read_torch_file(path), checkpoint_key, path)
         return _load_foreign(state, path, img_size, arch, vit_options)
-    if path.suffix != ".safetensors":
-        raise UsageError(f"{spec}: expected a run directory, an sslkit .safetensors, a .pth file or timm:ARCH")
     metadata = raw_metadata(path)
     if metadata.get("format") != FORMAT:  # a plain state dict in timm names (`sslkit export`, timm's own files)
         state = backbone_state(read_tensors(path), checkpoint_key, path)
@@ -204,10 +196,29 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     return LoadedBackbone(module, arch, img_size or trained_size, description, str(path), metadata["method"], step)
 
 
+def model_path(spec: str) -> Path:
+    """The file a MODEL argument names: a run directory's last checkpoint, or the file itself."""
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.safetensors"
+        if not path.is_file():
+            raise UsageError(f"{spec} is a folder without checkpoints/last.safetensors (not an sslkit run)")
+    elif not path.exists():
+        raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors or .pth file, or timm:ARCH)")
+    if path.suffix not in FOREIGN_SUFFIXES and path.suffix != ".safetensors":
+        raise UsageError(f"{spec}: expected a run directory, an sslkit .safetensors, a .pth file or timm:ARCH")
+    return path
+
+
+def infer_arch(state: dict[str, torch.Tensor], path: Path) -> str:
+    """The timm name of a backbone state dict: ResNets and ViTs are recognised from their keys and shapes."""
+    return infer_resnet_arch(state, path) if "layer1.0.conv1.weight" in state else infer_vit_arch(state, path)
+
+
 def _load_foreign(state: dict[str, torch.Tensor], path: Path, img_size: int | None, arch: str | None,
                   vit_options: dict) -> LoadedBackbone:
     """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a timm file's or an export's."""
-    arch = arch or (infer_resnet_arch(state, path) if "layer1.0.conv1.weight" in state else infer_vit_arch(state, path))
+    arch = arch or infer_arch(state, path)
     native = native_img_size(state)
     module = create_backbone(arch, native, **vit_options)
     load_strict(module, state, path)
@@ -294,14 +305,20 @@ def infer_resnet_arch(state: dict[str, torch.Tensor], path: Path) -> str:
     return arch
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def key_report(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """How a state dict fits a module: its ``missing``, ``unexpected`` and ``wrong shape`` keys, sorted."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        parts = [f"{name}: {_few(keys)}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
+    return {
+        "missing": sorted(set(expected) - set(state)),
+        "unexpected": sorted(set(state) - set(expected)),
+        "wrong shape": sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape),
+    }
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    report = key_report(module, state)
+    if any(report.values()):
+        parts = [f"{name}: {_few(keys)}" for name, keys in report.items() if keys]
         raise UsageError(f"{path} does not fit the backbone ({'; '.join(parts)})")
     module.load_state_dict(state, strict=True)
 

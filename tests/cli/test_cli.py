@@ -25,9 +25,9 @@ def test_help_lists_the_commands_and_every_command_shows_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert all(name in result.output
-               for name in ("pretrain", "probe", "finetune", "attention", "reconstruct", "copydetect", "export"))
+               for name in ("pretrain", "probe", "finetune", "attention", "reconstruct", "copydetect", "export", "info"))
     for command in (["pretrain", "byol"], ["pretrain", "dino"], ["pretrain", "mae"], ["probe", "knn"],
-                    ["probe", "linear"], ["finetune"], ["attention"], ["reconstruct"], ["export"]):
+                    ["probe", "linear"], ["finetune"], ["attention"], ["reconstruct"], ["export"], ["info"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Examples" in result.output and "sslkit " + " ".join(command) in result.output
 

@@ -1,0 +1,95 @@
+"""What a MODEL file holds, without loading it into anything: its kind, the method and architecture, the
+training progress and settings, and how its backbone tensors fit the architecture (``sslkit info``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from sslkit.engine import checkpoint as ckpt
+from sslkit.errors import UsageError
+from sslkit.models.backbones import create_backbone, is_vit, patch_size
+
+
+def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = None) -> dict:
+    """A description of ``spec`` (any MODEL argument) as a JSON-ready dict; a backbone that does not fit its
+    architecture is reported (``keys``), not refused."""
+    if spec.startswith(("timm:", "pixels:")):
+        loaded = ckpt.load_backbone(spec, checkpoint_key, arch=arch)
+        module = loaded.module
+        return {"model": spec, "kind": "random init" if spec.startswith("timm:") else "pixel thumbnail",
+                "arch": loaded.arch, "img_size": loaded.img_size, "patch_size": patch_size(module),
+                "parameters": _count(module), "keys": _fits(module, module.state_dict())}
+    path = ckpt.model_path(spec)
+    info: dict = {"model": spec, "file": str(path), "bytes": path.stat().st_size}
+    if path.suffix in ckpt.FOREIGN_SUFFIXES:
+        data = ckpt.read_torch_file(path)
+        info.update(_torch_kind(data))
+        state, metadata = ckpt.backbone_state(data, checkpoint_key, path), {}
+    else:
+        metadata = ckpt.raw_metadata(path)
+        if metadata.get("format") == ckpt.FORMAT:
+            prefixes = json.loads(metadata.get("backbones", "{}"))
+            key = next(iter(prefixes)) if len(prefixes) == 1 else checkpoint_key
+            if key not in prefixes:
+                raise UsageError(f"{path} has no '{key}' backbone; it has: {', '.join(prefixes) or 'none'}")
+            state = ckpt.read_tensors(path, f"model.{prefixes[key]}.")
+            info.update(kind="sslkit checkpoint", method=metadata.get("method"), backbones=sorted(prefixes),
+                        backbone=key, step=_number(metadata.get("step")), epoch=_number(metadata.get("epoch")),
+                        config=json.loads(metadata["config"]) if "config" in metadata else None,
+                        tensors=len(ckpt.read_tensors(path)))
+        else:
+            state = ckpt.backbone_state(ckpt.read_tensors(path), checkpoint_key, path)
+            exported = "sslkit_version" in metadata
+            info.update(kind="sslkit export (timm names)" if exported else "safetensors state dict",
+                        method=metadata.get("method"), step=_number(metadata.get("step")))
+    arch = arch or metadata.get("arch") or _infer(state, path, info)
+    if arch is None:
+        return info
+    size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else ckpt.native_img_size(state)
+    module = create_backbone(arch, size)
+    info.update(arch=arch, img_size=size, patch_size=patch_size(module), vit=is_vit(module),
+                parameters=_count(module), keys=_fits(module, state))
+    return info
+
+
+def _torch_kind(data: dict) -> dict:
+    if isinstance(data.get("teacher"), dict) and isinstance(data.get("student"), dict):
+        kind = "DINO training checkpoint (teacher and student)"
+    elif isinstance(data.get("model"), dict):
+        kind = "checkpoint with a 'model' dict (MAE / DeiT style)"
+    elif isinstance(data.get("state_dict"), dict):
+        kind = "checkpoint with a 'state_dict' dict"
+    else:
+        kind = "PyTorch state dict"
+    info = {"kind": kind, "entries": sorted(k for k in data if not isinstance(data[k], torch.Tensor))[:20]}
+    if isinstance(data.get("args"), argparse.Namespace):
+        info["args"] = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                        for k, v in vars(data["args"]).items()}
+    if "epoch" in data and isinstance(data["epoch"], int):
+        info["epoch"] = data["epoch"]
+    return info
+
+
+def _infer(state: dict, path, info: dict) -> str | None:
+    try:
+        return ckpt.infer_arch(state, path)
+    except UsageError as error:
+        info["arch_error"] = str(error)
+        return None
+
+
+def _fits(module, state: dict) -> dict:
+    report = ckpt.key_report(module, state)
+    matched = len(state) - len(report["unexpected"]) - len(report["wrong shape"])
+    return {"matched": matched, "expected": len(module.state_dict()), **report, "fits": not any(report.values())}
+
+
+def _count(module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def _number(value: str | None):
+    return int(value) if value is not None and value.isdigit() else value
