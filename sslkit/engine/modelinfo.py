@@ -16,6 +16,8 @@ from sslkit.models.backbones import create_backbone, is_vit, patch_size
 def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = None) -> dict:
     """A description of ``spec`` (any MODEL argument) as a JSON-ready dict; a backbone that does not fit its
     architecture is reported (``keys``), not refused."""
+    if checkpoint_key not in ("teacher", "student"):
+        raise UsageError(f"--checkpoint-key must be one of teacher, student, not '{checkpoint_key}'")
     if spec.startswith(("timm:", "pixels:")):
         loaded = ckpt.load_backbone(spec, checkpoint_key, arch=arch)
         module = loaded.module

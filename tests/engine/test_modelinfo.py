@@ -59,3 +59,5 @@ def test_info_says_when_the_architecture_cannot_be_told(tmp_path):
     assert info["kind"] == "PyTorch state dict" and "arch" not in info and "--arch" in info["arch_error"]
     result = runner.invoke(app, ["info", str(tmp_path / "missing.pth")])
     assert result.exit_code == 2 and result.stderr.startswith("error: model not found")
+    result = runner.invoke(app, ["info", "timm:test_vit", "--checkpoint-key", "ema"])
+    assert result.exit_code == 2 and "--checkpoint-key must be one of" in result.stderr
