@@ -180,20 +180,26 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
         state = backbone_state(read_tensors(path), checkpoint_key, path)
         exported_size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else None
         return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options)
-    prefixes = json.loads(metadata.get("backbones", "{}"))
-    if len(prefixes) == 1:  # one network (MAE's encoder): teacher / student do not apply
-        checkpoint_key = next(iter(prefixes))
-    if checkpoint_key not in prefixes:
-        raise UsageError(f"{path} has no '{checkpoint_key}' backbone; it has: {', '.join(prefixes) or 'none'}")
+    checkpoint_key, state = sslkit_backbone(path, metadata, checkpoint_key)
     arch, trained_size = metadata["arch"], int(metadata["img_size"])
     module = create_backbone(arch, trained_size, **vit_options)
-    state = read_tensors(path, f"model.{prefixes[checkpoint_key]}.")
     load_strict(module, state, path)
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
         module.set_input_size(img_size=img_size)  # resamples the position embedding
     step = metadata.get("step", "?")
     description = f"{metadata['method']} {arch} ({checkpoint_key}), step {step}"
     return LoadedBackbone(module, arch, img_size or trained_size, description, str(path), metadata["method"], step)
+
+
+def sslkit_backbone(path: Path, metadata: dict[str, str], checkpoint_key: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """The key and tensors of the backbone ``checkpoint_key`` names in an sslkit checkpoint; a checkpoint with
+    one network (MAE's encoder, an export) gives that one, whatever the key."""
+    prefixes = json.loads(metadata.get("backbones", "{}"))
+    if len(prefixes) == 1:
+        checkpoint_key = next(iter(prefixes))
+    if checkpoint_key not in prefixes:
+        raise UsageError(f"{path} has no '{checkpoint_key}' backbone; it has: {', '.join(prefixes) or 'none'}")
+    return checkpoint_key, read_tensors(path, f"model.{prefixes[checkpoint_key]}.")
 
 
 def model_path(spec: str) -> Path:

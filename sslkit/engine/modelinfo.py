@@ -33,12 +33,9 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
     else:
         metadata = ckpt.raw_metadata(path)
         if metadata.get("format") == ckpt.FORMAT:
-            prefixes = json.loads(metadata.get("backbones", "{}"))
-            key = next(iter(prefixes)) if len(prefixes) == 1 else checkpoint_key
-            if key not in prefixes:
-                raise UsageError(f"{path} has no '{key}' backbone; it has: {', '.join(prefixes) or 'none'}")
-            state = ckpt.read_tensors(path, f"model.{prefixes[key]}.")
-            info.update(kind="sslkit checkpoint", method=metadata.get("method"), backbones=sorted(prefixes),
+            key, state = ckpt.sslkit_backbone(path, metadata, checkpoint_key)
+            info.update(kind="sslkit checkpoint", method=metadata.get("method"),
+                        backbones=sorted(json.loads(metadata.get("backbones", "{}"))),
                         backbone=key, step=_number(metadata.get("step")), epoch=_number(metadata.get("epoch")),
                         config=json.loads(metadata["config"]) if "config" in metadata else None,
                         tensors=len(ckpt.read_tensors(path)))
