@@ -27,16 +27,16 @@ def _measure(way: str, database: int, queries: int, dim: int, top_k: int, device
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(database, dim, generator=generator)
     query = torch.randn(queries, dim, generator=generator)
-    whitening = Whitening.fit(torch.randn(4 * dim, dim, generator=generator))
     target = torch.device(device)
+    whitening = Whitening.fit(torch.randn(4 * dim, dim, generator=generator)).to(target)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     if way == "chunked":
-        search(comparable(query, whitening), [base], top_k, lambda c: comparable(c, whitening), target)
+        search(comparable(query.to(target), whitening), [base], top_k, lambda c: comparable(c, whitening), target)
     else:
-        similarity = comparable(query, whitening).to(target) @ comparable(base, whitening).to(target).T
+        similarity = comparable(query.to(target), whitening) @ comparable(base.to(target), whitening).T
         similarity.topk(top_k, dim=1)
     if target.type == "cuda":
         torch.cuda.synchronize()

@@ -433,10 +433,11 @@ def copydetect(model: str, database: str | Path, queries: str | Path, **settings
         if len(learn_from) < learn_from.shape[1]:
             console.warn(f"whitening {learn_from.shape[1]}-d descriptors from only {len(learn_from)} images: the "
                          "smallest directions are guessed; give --whiten several times more images than dimensions")
-        whitening = Whitening.fit(learn_from, options.whiten_power)
+        whitening = Whitening.fit(learn_from, options.whiten_power).to(frozen.device)  # once, not per chunk
     start = time.perf_counter()
     databases = [features["database"]] + ([features["distractors"]] if options.distractors else [])
-    scores, indices = search(comparable(features["queries"], whitening), databases, options.top_k,
+    queries = comparable(features["queries"].to(frozen.device), whitening)
+    scores, indices = search(queries, databases, options.top_k,
                              prepare=lambda chunk: comparable(chunk, whitening), device=frozen.device)
     seconds["search"] = round(time.perf_counter() - start, 3)
     recall_at = sorted({1, min(10, options.top_k)})

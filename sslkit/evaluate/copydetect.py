@@ -34,9 +34,11 @@ class Whitening:
         projection = eigenvalues.pow(-power)[:, None] * eigenvectors.T
         return cls(x.mean(dim=0).float(), projection.float())
 
+    def to(self, device: torch.device) -> "Whitening":
+        return Whitening(self.mean.to(device), self.projection.to(device))
+
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        mean, projection = self.mean.to(features.device), self.projection.to(features.device)
-        return (features.float() - mean) @ projection.T
+        return (features.float() - self.mean) @ self.projection.T
 
 
 def comparable(features: torch.Tensor, whitening: Whitening | None = None) -> torch.Tensor:
