@@ -470,7 +470,8 @@ def make_copy_benchmark(source: str | Path, out: str | Path, *, workers: int | N
     ``database/``, strong copies in ``queries/``, optional ``distractors/`` and ``whiten/``, and
     ``ground_truth.csv``. ``settings``: ``originals``, ``copies``, ``distractors``, ``whiten``, ``max_size``,
     ``min_attacks``, ``max_attacks``, ``quality``, ``seed``. The same seed gives the same bytes."""
-    from sslkit.data.copybench import BenchmarkConfig, make_benchmark
+    from sslkit.config import BenchmarkConfig
+    from sslkit.data.copybench import make_benchmark
 
     options = BenchmarkConfig(**{k: v for k, v in settings.items() if v is not None})
     return make_benchmark(source, out, options, default_workers() if workers is None else workers, force)

@@ -198,6 +198,21 @@ class CopyDetectConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """copydetect make-benchmark: how many images of each kind, and how the copies are made."""
+
+    originals: int | None = None  # None: up to 150 (Copydays has 157), fewer when the source is small
+    copies: int = 2  # strong copies per original (Copydays "strong": 229 for 157 originals)
+    distractors: int = 0
+    whiten: int = 0
+    max_size: int = 512  # longer side of every written image; 0 keeps the source size
+    min_attacks: int = 2
+    max_attacks: int = 4
+    quality: int = 90  # JPEG quality of the written files (the attacks' own JPEG is separate)
+    seed: int = 0
+
+
+@dataclass
 class FinetuneConfig:
     """Full fine-tuning with labels: MAE's main_finetune.py recipe (anchors.md 2.2); None: chosen for the model."""
 
@@ -337,6 +352,17 @@ def validate_copydetect(options: CopyDetectConfig) -> None:
         _positive(name, getattr(options, name))
     if options.min_score is not None and not -1 <= options.min_score <= 1:
         raise UsageError(f"--min-score is a cosine similarity in [-1, 1], not {options.min_score}")
+
+
+def validate_benchmark(options: BenchmarkConfig, attacks: int) -> None:
+    for name in ("originals", "copies", "min_attacks"):
+        _positive(name, getattr(options, name))
+    for name in ("distractors", "whiten", "max_size"):
+        _positive(name, getattr(options, name), allow_zero=True)
+    if not options.min_attacks <= options.max_attacks <= attacks:
+        raise UsageError(f"--min-attacks / --max-attacks must satisfy 1 <= min <= max <= {attacks}")
+    if not 1 <= options.quality <= 100:
+        raise UsageError(f"--quality must lie in 1..100, not {options.quality}")
 
 
 def validate_linear(options: LinearConfig) -> None:

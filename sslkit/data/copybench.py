@@ -22,34 +22,22 @@ import os
 import random
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from PIL import Image
 
 from sslkit import __version__, console
+from sslkit.config import BenchmarkConfig, validate_benchmark
 from sslkit.data.attacks import ATTACKS, strong_copy
 from sslkit.data.folders import ImageFolder, load_rgb
 from sslkit.errors import UsageError
 
 
-@dataclass
-class BenchmarkConfig:
-    originals: int | None = None  # None: up to 150 (Copydays has 157), fewer when the source is small
-    copies: int = 2  # strong copies per original (Copydays "strong": 229 for 157 originals)
-    distractors: int = 0
-    whiten: int = 0
-    max_size: int = 512  # longer side of every written image; 0 keeps the source size
-    min_attacks: int = 2
-    max_attacks: int = 4
-    quality: int = 90  # JPEG quality of the written files (the attacks' own JPEG is separate)
-    seed: int = 0
-
-
 def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig, workers: int = 0,
                    force: bool = False) -> dict:
     """Build the benchmark from the images under ``source`` into ``out``; returns its summary."""
-    _validate(options)
+    validate_benchmark(options, len(ATTACKS))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise UsageError(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
@@ -81,21 +69,6 @@ def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return summary
-
-
-def _validate(options: BenchmarkConfig) -> None:
-    for name in ("copies", "min_attacks"):
-        if getattr(options, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, not {getattr(options, name)}")
-    for name in ("distractors", "whiten", "max_size"):
-        if getattr(options, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(options, name)}")
-    if options.originals is not None and options.originals < 1:
-        raise UsageError(f"--originals must be positive, not {options.originals}")
-    if not options.min_attacks <= options.max_attacks <= len(ATTACKS):
-        raise UsageError(f"--min-attacks / --max-attacks must satisfy 1 <= min <= max <= {len(ATTACKS)}")
-    if not 1 <= options.quality <= 100:
-        raise UsageError(f"--quality must lie in 1..100, not {options.quality}")
 
 
 def _run(jobs: list, root: Path, options: BenchmarkConfig, workers: int):

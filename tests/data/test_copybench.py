@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from sslkit.data.attacks import ATTACKS, crop, jpeg, strong_copy
-from sslkit.data.copybench import BenchmarkConfig, make_benchmark
+from sslkit.config import BenchmarkConfig
+from sslkit.data.copybench import make_benchmark
 from sslkit.errors import UsageError
 from tests.conftest import make_folder
 
