@@ -31,7 +31,7 @@ from sslkit.errors import UsageError
 from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify
 from sslkit.methods import METHODS
-from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, is_vit, patch_size
+from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, has_weights, is_vit, patch_size
 
 
 def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Path | None = None,
@@ -243,7 +243,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     _seed_everything(values.get("seed", 0))
     loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
                            drop_path_rate=options.drop_path)
-    if not any(True for _ in loaded.module.parameters()):
+    if not has_weights(loaded.module):
         raise UsageError(f"{model} has no weights to fine-tune")
     backbone, img_size = loaded.module.train().requires_grad_(True), loaded.img_size
     if options.pool != "default":
@@ -365,7 +365,7 @@ class FrozenFeatures:
         if patch and self.loaded.img_size % patch:
             raise UsageError(f"--img-size {self.loaded.img_size} is not a multiple of the model's patch size {patch}")
         blocks = options.n_last_blocks or (default_blocks if is_vit(self.loaded.module) else 1)
-        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens, getattr(options, "gem_p", 4.0))
+        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens, options.gem_p)
         self.recipe.check(self.loaded.module)
         self.transform = transform(self.loaded.img_size)
         self.workers = default_workers() if options.workers is None else options.workers
@@ -413,7 +413,8 @@ def copydetect(model: str, database: str | Path, queries: str | Path, **settings
     options = CopyDetectConfig(model=str(model), database=str(database), queries=str(queries),
                                **{k: v for k, v in settings.items() if v is not None})
     cfg.validate_copydetect(options)
-    if options.model.startswith("pixels:"):
+    pixels = options.model.startswith("pixels:")
+    if pixels:
         options.pool = "default"  # a thumbnail is its own descriptor
     frozen = FrozenFeatures(options, default_blocks=1, transform=square_transform)
     folders = {"database": options.database, "distractors": options.distractors, "whiten": options.whiten,
@@ -443,7 +444,6 @@ def copydetect(model: str, database: str | Path, queries: str | Path, **settings
     recall_at = sorted({1, min(10, options.top_k)})
     ranked = ranking_scores(scores, indices, truth.positives, recall_at) if truth else None
     database_seconds = seconds["database"] + seconds.get("distractors", 0.0) + seconds["search"]
-    pixels = options.model.startswith("pixels:")
     results = {
         "model": options.model, "description": frozen.loaded.description,
         "descriptor": "pixels" if pixels else frozen.recipe.describe(),

@@ -141,6 +141,7 @@ class FrozenConfig:
     pool: str = "default"  # default (the model's own) | token | avg
     n_last_blocks: int | None = None  # ViTs: CLS tokens of the last N blocks; None: the command's default
     avgpool_patchtokens: bool = False
+    gem_p: float = 4.0  # power of --pool gem
     cache_dir: str | None = None  # None: $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features
     cache: bool = True
 

@@ -22,8 +22,8 @@ from torch import nn
 
 from sslkit import __version__
 from sslkit.errors import UsageError
-from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, is_vit,
-                                     patch_size)
+from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, has_weights,
+                                     is_vit, patch_size)
 
 FORMAT = "sslkit/1"
 
@@ -346,7 +346,7 @@ def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm") -> dic
     """
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{fmt}'")
-    if not any(True for _ in loaded.module.parameters()):
+    if not has_weights(loaded.module):
         raise UsageError(f"{loaded.source} has no weights to export")
     module = loaded.module
     metadata = {

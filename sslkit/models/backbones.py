@@ -86,6 +86,11 @@ def gem(x: torch.Tensor, p: float, dim, eps: float = 1e-6) -> torch.Tensor:
     return x.float().clamp(min=eps).pow(p).mean(dim=dim).pow(1.0 / p)
 
 
+def has_weights(model: nn.Module) -> bool:
+    """False for ``pixels:`` thumbnails, which have nothing to train or export."""
+    return any(True for _ in model.parameters())
+
+
 def is_vit(model: nn.Module) -> bool:
     return hasattr(model, "patch_embed")
 
