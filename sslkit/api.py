@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import config as cfg, console
-from sslkit.config import KNNConfig, LinearConfig, PretrainConfig, TrainConfig
+from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, PretrainConfig, TrainConfig
 from sslkit.data.folders import ImageFolder, images_under, load_rgb
 from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip_view, eval_transform
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import resolve_device, resolve_precision
 from sslkit.engine.trainer import Evaluation, Trainer
+from sslkit.engine.warmstart import announce, read_weights, warm_start
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify
@@ -46,19 +47,30 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     spec = METHODS[method]
     values = cfg.load_file(config) if config else {}
     values.update({k: v for k, v in settings.items() if v is not None})
-    cfg.check_known(values, TrainConfig, spec.config)
+    cfg.check_known(values, TrainConfig, ContinueConfig, spec.config)
     out = Path(out)
     if resume:
         values = _resume_settings(out, values)
     elif (out / "checkpoints" / "last.safetensors").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    start = cfg.build(ContinueConfig, values)
+    cfg.choice("checkpoint_key", start.checkpoint_key, ("teacher", "student"))
+    weights = None
+    if start.continue_from and not resume:  # a resumed run restores its own checkpoint instead
+        weights = read_weights(start.continue_from, start.checkpoint_key, values.get("arch"))
+        values.setdefault("arch", weights.arch)
     dataset = ImageFolder(data)
     train, options = spec.resolve(cfg.build(TrainConfig, values), cfg.build(spec.config, values), len(dataset))
     cfg.validate_train(train)
     _seed_everything(train.seed)
     model = spec.build(options)
+    provenance = {}
+    if weights:
+        report = warm_start(model, weights, start.allow_partial)
+        announce(report)
+        provenance = {"continued_from": report["source"], **({"licence": weights.licence} if weights.licence else {})}
     dataset.transform = model.train_transform
-    run_config = PretrainConfig(method, str(data), str(out), train, options).to_dict()
+    run_config = PretrainConfig(method, str(data), str(out), train, options, start).to_dict()
     evaluation = None
     if train.eval_train:
         from sslkit.evaluate.online import online_knn
@@ -67,7 +79,7 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
         workers = default_workers() if train.workers is None else train.workers
         evaluation = online_knn(model, train.eval_train, train.eval_val, options.img_size, train.eval_every,
                                 train.eval_k, workers, amp_dtype)
-    return Trainer(model, dataset, train, out, run_config, evaluation).fit(resume=resume)
+    return Trainer(model, dataset, train, out, run_config, evaluation, provenance).fit(resume=resume)
 
 
 def _resume_settings(out: Path, given: dict) -> dict:
@@ -242,7 +254,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     cfg.validate_finetune(options)
     _seed_everything(values.get("seed", 0))
     loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
-                           drop_path_rate=options.drop_path)
+                           drop_path_rate=options.drop_path, allow_partial=options.allow_partial)
     if not has_weights(loaded.module):
         raise UsageError(f"{model} has no weights to fine-tune")
     backbone, img_size = loaded.module.train().requires_grad_(True), loaded.img_size
@@ -360,7 +372,8 @@ class FrozenFeatures:
         self.device = resolve_device(options.device)
         _, self.amp_dtype = resolve_precision(options.precision, self.device)
         _seed_everything(options.seed)
-        self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch)
+        self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
+                                    allow_partial=options.allow_partial)
         patch = patch_size(self.loaded.module)
         if patch and self.loaded.img_size % patch:
             raise UsageError(f"--img-size {self.loaded.img_size} is not a multiple of the model's patch size {patch}")
@@ -371,8 +384,9 @@ class FrozenFeatures:
         self.workers = default_workers() if options.workers is None else options.workers
         cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) if options.cache else None
         self.cache_dir = cache_dir
+        partial = "|partial" if options.allow_partial else ""  # what is not loaded depends on the seed
         self.model_id = model_fingerprint(self.loaded.source, f"{options.checkpoint_key}|{self.loaded.arch}|"
-                                          f"{self.loaded.img_size}|seed{options.seed}")
+                                          f"{self.loaded.img_size}|seed{options.seed}{partial}")
 
     def labelled_sets(self) -> tuple[ImageFolder, ImageFolder, torch.Tensor]:
         """The train and val folders (evaluation transform) and val's labels as train class indices."""
@@ -523,7 +537,8 @@ def _peak_memory(device: torch.device) -> dict:
 
 
 def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key: str = "teacher",
-           arch: str | None = None, img_size: int | None = None) -> dict:
+           arch: str | None = None, img_size: int | None = None, allow_partial: bool = False,
+           licence: str | None = None) -> dict:
     """Write ``model``'s backbone to the safetensors file ``out``: in timm names (``format="timm"``), which
     ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads, or
     as an sslkit checkpoint of the backbone alone (``"sslkit"``). Returns what was written."""
@@ -533,8 +548,8 @@ def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, not {out}")
-    loaded = load_backbone(str(model), checkpoint_key, img_size, arch=arch)
-    metadata = export_backbone(loaded, out, format)
+    loaded = load_backbone(str(model), checkpoint_key, img_size, arch=arch, allow_partial=allow_partial)
+    metadata = export_backbone(loaded, out, format, licence)
     parameters = sum(p.numel() for p in loaded.module.parameters())
     return {"model": str(model), "description": loaded.description, "out": str(out), "format": format,
             "parameters": parameters, **metadata}
@@ -542,7 +557,7 @@ def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key:
 
 def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,
               threshold: float | None = None, checkpoint_key: str = "teacher", arch: str | None = None,
-              device: str = "auto") -> dict:
+              allow_partial: bool = False, device: str = "auto") -> dict:
     """Last-block CLS self-attention maps of a ViT for each image (files, or folders searched recursively).
 
     Writes, per image, ``out/<name>/``: ``img.png`` (the resized input), ``attn-head{j}.png``, ``attn-mean.png``,
@@ -558,7 +573,7 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
     if threshold is not None and not 0 < threshold < 1:
         raise UsageError(f"--threshold must lie between 0 and 1, not {threshold}")
     files = image_files(images)
-    loaded = load_backbone(str(model), checkpoint_key, arch=arch, dynamic=True)
+    loaded = load_backbone(str(model), checkpoint_key, arch=arch, dynamic=True, allow_partial=allow_partial)
     if not is_vit(loaded.module):
         raise UsageError(f"{model} is a {loaded.arch}, not a vision transformer: it has no attention maps")
     torch_device = resolve_device(device)

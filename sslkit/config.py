@@ -106,12 +106,22 @@ class MAEConfig:
 
 
 @dataclass
+class ContinueConfig:
+    """pretrain --continue-from: the weights a new run starts from (not --resume: step 0, fresh schedules)."""
+
+    continue_from: str | None = None  # a run directory or weights file
+    checkpoint_key: str = "teacher"  # the file's network that initialises backbones of another method
+    allow_partial: bool = False
+
+
+@dataclass
 class PretrainConfig:
     method: str
     data: str
     out: str
     train: TrainConfig = field(default_factory=TrainConfig)
     options: Any = None  # the method's own dataclass, e.g. BYOLConfig
+    start: ContinueConfig = field(default_factory=ContinueConfig)
 
     def to_dict(self) -> dict:
         return {
@@ -120,6 +130,7 @@ class PretrainConfig:
             "out": self.out,
             "train": dataclasses.asdict(self.train),
             self.method: dataclasses.asdict(self.options),
+            **({"continue": dataclasses.asdict(self.start)} if self.start.continue_from else {}),
         }
 
 
@@ -138,6 +149,7 @@ class FrozenConfig:
     checkpoint_key: str = "teacher"
     seed: int = 0  # fixes the weights of a timm: random-init baseline (and a probe's head)
     arch: str | None = None  # timm name of a .pth file's model (inferred for ViTs)
+    allow_partial: bool = False  # load the backbone tensors that fit, leave the rest as initialised
     pool: str = "default"  # default (the model's own) | token | avg
     n_last_blocks: int | None = None  # ViTs: CLS tokens of the last N blocks; None: the command's default
     avgpool_patchtokens: bool = False
@@ -192,6 +204,7 @@ class CopyDetectConfig:
     checkpoint_key: str = "teacher"
     seed: int = 0
     arch: str | None = None
+    allow_partial: bool = False
     cache_dir: str | None = None
     cache: bool = True
     n_last_blocks: int = 1
@@ -236,6 +249,7 @@ class FinetuneConfig:
     img_size: int | None = None
     checkpoint_key: str = "teacher"
     arch: str | None = None
+    allow_partial: bool = False
 
 
 def with_defaults(settings, **defaults):

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import Device, JsonOut, Quiet, examples, handle_errors, write_json
+from sslkit.cli.common import AllowPartial, Device, JsonOut, Quiet, examples, handle_errors, write_json
 
 
 def attention(
@@ -20,6 +20,7 @@ def attention(
     threshold: Annotated[Optional[float], typer.Option(help="Also draw the masks keeping this share of the attention mass (DINO uses 0.6).")] = None,
     checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
     arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
+    allow_partial: AllowPartial = False,
     device: Device = None,
     json_path: JsonOut = None,
     quiet: Quiet = False,
@@ -29,7 +30,8 @@ def attention(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.attention(model, images, out, img_size=img_size, threshold=threshold,
-                                checkpoint_key=checkpoint_key, arch=arch, device=device or "auto")
+                                checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial,
+                                device=device or "auto")
         write_json(json_path, results)
         if not quiet:
             _show(results)

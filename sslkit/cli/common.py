@@ -26,6 +26,10 @@ Precision = Annotated[
 Workers = Annotated[
     Optional[int], typer.Option(help="Data-loading processes (default: CPU cores - 1, at most 8).", rich_help_panel=HW)
 ]
+AllowPartial = Annotated[bool, typer.Option(
+    "--allow-partial",
+    help="Experts: load the backbone tensors that fit and leave the rest as initialised (a warning lists them) "
+         "instead of refusing a file that does not fit the architecture.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (results still go to --json).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 

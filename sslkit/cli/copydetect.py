@@ -11,7 +11,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from sslkit import console
-from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
+from sslkit.cli.common import AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
 from sslkit.cli.probe import Arch, Cache, CacheDir, CheckpointKey, Model, Seed
 
 
@@ -80,6 +80,7 @@ def search(
     img_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square (default 320, DINO's; a multiple of a ViT's patch size).", rich_help_panel=FEATURES)] = None,
     checkpoint_key: CheckpointKey = None,
     arch: Arch = None,
+    allow_partial: AllowPartial = False,
     seed: Seed = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 64).")] = None,
     cache_dir: CacheDir = None,
@@ -97,7 +98,7 @@ def search(
         results = api.copydetect(
             model, database, queries, distractors=_text(distractors), whiten=_text(whiten), ground_truth=ground_truth,
             top_k=top_k, matches=_text(matches), min_score=min_score, whiten_power=whiten_power, gem_p=gem_p,
-            pool=pool, img_size=img_size, checkpoint_key=checkpoint_key, arch=arch, seed=seed, batch_size=batch_size,
+            pool=pool, img_size=img_size, checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, batch_size=batch_size,
             cache_dir=_text(cache_dir), cache=cache, workers=workers, device=device, precision=precision,
         )
         write_json(json_path, results)

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import HW, OPT, RUN, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples,
+                               handle_errors, write_json)
 
 AUG = "Regularisation"
 
@@ -62,6 +63,7 @@ def finetune(
     pool: Annotated[Optional[str], typer.Option(help="ViTs: default (CLS token), token or avg (mean patch token) feeds the head.", rich_help_panel=RUN)] = None,
     checkpoint_key: Annotated[Optional[str], typer.Option(help="teacher (the EMA network, default) or student.", rich_help_panel=RUN)] = None,
     arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViTs).", rich_help_panel=RUN)] = None,
+    allow_partial: AllowPartial = False,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the head, the fraction, the data order and augmentation (default 0).", rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=RUN)] = False,
     save_every: Annotated[Optional[int], typer.Option(help="Write the last checkpoint every N epochs (default 1).", rich_help_panel=RUN)] = None,
@@ -82,7 +84,7 @@ def finetune(
             layer_decay=layer_decay, clip_grad=clip_grad, accum_steps=accum_steps, drop_path=drop_path,
             smoothing=smoothing, mixup=mixup, cutmix=cutmix, mixup_prob=mixup_prob,
             mixup_switch_prob=mixup_switch_prob, randaug=randaug, reprob=reprob, pool=pool,
-            checkpoint_key=checkpoint_key, arch=arch, seed=seed, save_every=save_every, log_every=log_every,
+            checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, save_every=save_every, log_every=log_every,
             device=device, precision=precision, workers=workers, compile=compile,
         )
         write_json(json_path, results)

@@ -12,14 +12,14 @@ from sslkit.cli.common import JsonOut, Quiet, examples, handle_errors, write_jso
 from sslkit.cli.probe import Arch, CheckpointKey, Model
 
 SHOWN = ("file", "kind", "method", "arch", "img_size", "patch_size", "parameters", "backbones", "backbone", "step",
-         "epoch", "tensors", "bytes", "arch_error")
+         "epoch", "licence", "tensors", "bytes", "arch_error")
 
 
 def info(
     model: Model,
     checkpoint_key: CheckpointKey = None,
     arch: Arch = None,
-    config: bool = typer.Option(False, "--config", help="Also print the run's resolved settings (or a .pth file's args)."),
+    config: bool = typer.Option(False, "--config", help="Also print the run's resolved settings (a .pth file's args, a Lightning file's hyper-parameters)."),
     json_path: JsonOut = None,
     quiet: Quiet = False,
 ):
@@ -56,8 +56,8 @@ def info(
 
 HELP = (
     "Describe a model file without using it: its kind (sslkit run or checkpoint, sslkit export, DINO / MAE "
-    ".pth, state dict), method, architecture (inferred for ViTs and ResNets), image and patch size, parameters, "
-    "training step and epoch, and whether its backbone tensors fit the architecture (missing, unexpected and "
+    ".pth, Lightning .ckpt, state dict), method, architecture (inferred for ViTs and ResNets), image and patch size, parameters, "
+    "training step and epoch, the licence of official weights, and whether its backbone tensors fit the architecture (missing, unexpected and "
     "wrongly shaped keys are listed, not refused). --json writes everything, including the resolved settings."
 )
 EPILOG = examples(

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.cli.common import HW, OPT, RUN, Device, Precision, Quiet, Workers, examples, handle_errors, parse_bool
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, Precision, Quiet, Workers, examples, handle_errors,
+                               parse_bool)
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
@@ -29,6 +30,8 @@ AccumSteps = Annotated[Optional[int], typer.Option(help="Split each batch into t
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (faster on GPU after a slow first step).", rich_help_panel=HW)]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of weights, data order and augmentation (default 0).", rich_help_panel=RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=RUN)]
+ContinueFrom = Annotated[Optional[str], typer.Option(help="Start a new run from these weights: a run, an sslkit or timm .safetensors, an official DINO / MAE .pth, a Lightning .ckpt. Heads, centre and decoder come along when the file is this method's; --arch defaults to the file's. Not --resume (step 0, fresh schedules).", rich_help_panel=RUN)]
+ContinueKey = Annotated[Optional[str], typer.Option(help="With --continue-from: the file's teacher (default) or student network initialises the backbones when the file is another method's.", rich_help_panel=RUN)]
 Config = Annotated[Optional[Path], typer.Option(help="Settings file (TOML or JSON, e.g. a run's config.json); options given here win.", rich_help_panel=RUN)]
 SaveEvery = Annotated[Optional[int], typer.Option(help="Write the checkpoint every N epochs (default 1; always at the end).", rich_help_panel=RUN)]
 LogEvery = Annotated[Optional[int], typer.Option(help="Log to metrics.jsonl every N steps (default 10).", rich_help_panel=RUN)]
@@ -58,6 +61,7 @@ BYOL_PANEL = "BYOL"
     epilog=examples(
         "sslkit pretrain byol photos/ --out runs/byol --arch resnet18 --img-size 64 --epochs 10 --batch-size 64",
         "sslkit pretrain byol photos/ --out runs/byol --resume",
+        "sslkit pretrain byol photos/ --out runs/byol-ft --continue-from resnet50-torchvision.pth --epochs 20",
         "sslkit pretrain byol /data/imagenet/train --out runs/r50 --epochs 300 --batch-size 4096 --accum-steps 8",
     )
 )
@@ -87,6 +91,9 @@ def byol(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    continue_from: ContinueFrom = None,
+    checkpoint_key: ContinueKey = None,
+    allow_partial: AllowPartial = False,
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
@@ -106,14 +113,16 @@ def byol(
         compile=compile, seed=seed, save_every=save_every, log_every=log_every,
         eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
-    _run("byol", data, out, config, resume, quiet, settings)
+    _run("byol", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
 
 
-def _run(method: str, data: Path, out: Path, config: Optional[Path], resume: bool, quiet: bool, settings: dict) -> None:
+def _run(method: str, data: Path, out: Path, config: Optional[Path], resume: bool, quiet: bool, settings: dict,
+         continue_from: Optional[str], checkpoint_key: Optional[str], allow_partial: bool) -> None:
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        result = api.pretrain(method, data, out, config=config, resume=resume, **settings)
+        result = api.pretrain(method, data, out, config=config, resume=resume, continue_from=continue_from,
+                              checkpoint_key=checkpoint_key, allow_partial=allow_partial or None, **settings)
         if not quiet:
             typer.echo(f"checkpoint: {result['checkpoint']}")
 
@@ -140,6 +149,7 @@ def _dino_option(help: str, panel: str = DINO_PANEL):
     epilog=examples(
         "sslkit pretrain dino photos/ --out runs/dino --arch vit_tiny_patch16_224 --img-size 64 --epochs 10 --batch-size 64",
         "sslkit pretrain dino photos/ --out runs/dino-r18 --arch resnet18 --img-size 64 --local-crops-number 6",
+        "sslkit pretrain dino photos/ --out runs/dino-more --continue-from dino_deitsmall16_checkpoint.pth --out-dim 65536",
         "sslkit pretrain dino /data/imagenet/train --out runs/vits16 --preset imagenet --teacher-temp 0.07 "
         "--warmup-teacher-temp-epochs 30 --norm-last-layer false --batch-size 1024 --accum-steps 4",
     ),
@@ -179,6 +189,9 @@ def dino(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    continue_from: ContinueFrom = None,
+    checkpoint_key: ContinueKey = None,
+    allow_partial: AllowPartial = False,
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
@@ -203,7 +216,7 @@ def dino(
     with handle_errors(quiet):
         if norm_last_layer is not None:
             settings["norm_last_layer"] = parse_bool("norm-last-layer", norm_last_layer)
-    _run("dino", data, out, config, resume, quiet, settings)
+    _run("dino", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
 
 
 MAE_PANEL = "MAE"
@@ -227,6 +240,7 @@ def _mae_option(help: str):
     epilog=examples(
         "sslkit pretrain mae photos/ --out runs/mae --arch vit_tiny_patch16_224 --img-size 64 --epochs 100 --batch-size 256",
         "sslkit pretrain mae photos/ --out runs/mae --resume",
+        "sslkit pretrain mae photos/ --out runs/mae-domain --continue-from mae_visualize_vit_base.pth --epochs 50",
         "sslkit pretrain mae /data/imagenet/train --out runs/vitb --epochs 800 --batch-size 4096 --accum-steps 16",
     ),
 )
@@ -257,6 +271,9 @@ def mae(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    continue_from: ContinueFrom = None,
+    checkpoint_key: ContinueKey = None,
+    allow_partial: AllowPartial = False,
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
@@ -275,4 +292,4 @@ def mae(
         precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
         eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
-    _run("mae", data, out, config, resume, quiet, settings)
+    _run("mae", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
+from sslkit.cli.common import AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
@@ -54,6 +54,7 @@ def knn(
     checkpoint_key: CheckpointKey = None,
     seed: Seed = None,
     arch: Arch = None,
+    allow_partial: AllowPartial = False,
     img_size: ImgSize = None,
     batch_size: BatchSize = None,
     pool: Pool = None,
@@ -72,7 +73,7 @@ def knn(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.probe_knn(
-            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, arch=arch, img_size=img_size,
+            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache,
@@ -126,6 +127,7 @@ def linear(
     checkpoint_key: CheckpointKey = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, the data order and a timm: baseline's weights (default 0).")] = None,
     arch: Arch = None,
+    allow_partial: AllowPartial = False,
     img_size: ImgSize = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step and per forward pass (default 256).")] = None,
     pool: Pool = None,
@@ -145,7 +147,7 @@ def linear(
 
         results = api.probe_linear(
             model, train, val, recipe=recipe, epochs=epochs, lr=lr, augment=augment, out=str(out) if out else None,
-            checkpoint_key=checkpoint_key, seed=seed, arch=arch, img_size=img_size, batch_size=batch_size, pool=pool,
+            checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size, batch_size=batch_size, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
             precision=precision,

@@ -20,7 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from sslkit import __version__
+from sslkit import __version__, console
+from sslkit.engine import foreign
 from sslkit.errors import UsageError
 from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, has_weights,
                                      is_vit, patch_size)
@@ -144,21 +145,21 @@ class LoadedBackbone:
     source: str  # the file the weights came from, or timm:ARCH
     method: str = ""  # the sslkit method that trained it ("" for foreign files and random inits)
     step: str = ""
-
-
-FOREIGN_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
+    licence: str | None = None  # of imported weights, when known
 
 
 def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | None = None, *,
-                  arch: str | None = None, dynamic: bool = False, drop_path_rate: float = 0.0) -> LoadedBackbone:
-    """The backbone that ``MODEL`` names: a run directory, an sslkit ``.safetensors``, an official DINO / MAE
-    ``.pth``, ``timm:ARCH`` or ``pixels:N`` (an N x N thumbnail of the image: the no-learning baseline).
+                  arch: str | None = None, dynamic: bool = False, drop_path_rate: float = 0.0,
+                  allow_partial: bool = False) -> LoadedBackbone:
+    """The backbone that ``MODEL`` names: a run directory, an sslkit ``.safetensors``, another tool's weight
+    file (``engine/foreign.py``), ``timm:ARCH`` or ``pixels:N`` (an N x N thumbnail of the image: the
+    no-learning baseline).
 
     ``checkpoint_key`` picks the EMA teacher / target ("teacher") or the online student ("student") of
-    methods that train both. ``img_size`` (default: the size the model was trained at; 224 for ``timm:`` and
-    ``.pth``) resizes a ViT's position embedding; with ``dynamic`` a ViT takes any input size (its position
-    embedding resampled per call). ``arch`` names the timm model of a ``.pth`` file (inferred for ViTs).
-    ``drop_path_rate`` is for fine-tuning a ViT.
+    methods that train both. ``img_size`` (default: the size the model was trained at; 224 for ``timm:``)
+    resizes a ViT's position embedding; with ``dynamic`` a ViT takes any input size (its position embedding
+    resampled per call). ``arch`` names the timm model of a foreign file (inferred for ViTs and ResNets).
+    ``drop_path_rate`` is for fine-tuning a ViT. The load is strict unless ``allow_partial``.
     """
     vit_options = {"dynamic_img_size": True} if dynamic else {}
     if drop_path_rate:
@@ -172,23 +173,26 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
         size = img_size or 224
         return LoadedBackbone(create_backbone(arch, size, **vit_options), arch, size, f"{arch}, random init", spec)
     path = model_path(spec)
-    if path.suffix in FOREIGN_SUFFIXES:
-        state = backbone_state(read_torch_file(path), checkpoint_key, path)
-        return _load_foreign(state, path, img_size, arch, vit_options)
+    if path.suffix in foreign.SUFFIXES:
+        data = foreign.read_torch_file(path)
+        state = foreign.backbone_state(data, checkpoint_key, path)
+        return _load_foreign(state, path, img_size, arch, vit_options, allow_partial, foreign.licence(data))
     metadata = raw_metadata(path)
     if metadata.get("format") != FORMAT:  # a plain state dict in timm names (`sslkit export`, timm's own files)
-        state = backbone_state(read_tensors(path), checkpoint_key, path)
+        state = foreign.backbone_state(read_tensors(path), checkpoint_key, path)
         exported_size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else None
-        return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options)
+        return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options,
+                             allow_partial, metadata.get("licence"))
     checkpoint_key, state = sslkit_backbone(path, metadata, checkpoint_key)
     arch, trained_size = metadata["arch"], int(metadata["img_size"])
     module = create_backbone(arch, trained_size, **vit_options)
-    load_strict(module, state, path)
+    load_weights(module, state, path, allow_partial)
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
         module.set_input_size(img_size=img_size)  # resamples the position embedding
     step = metadata.get("step", "?")
     description = f"{metadata['method']} {arch} ({checkpoint_key}), step {step}"
-    return LoadedBackbone(module, arch, img_size or trained_size, description, str(path), metadata["method"], step)
+    return LoadedBackbone(module, arch, img_size or trained_size, description, str(path), metadata["method"], step,
+                          metadata.get("licence"))
 
 
 def sslkit_backbone(path: Path, metadata: dict[str, str], checkpoint_key: str) -> tuple[str, dict[str, torch.Tensor]]:
@@ -211,104 +215,21 @@ def model_path(spec: str) -> Path:
             raise UsageError(f"{spec} is a folder without checkpoints/last.safetensors (not an sslkit run)")
     elif not path.exists():
         raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors or .pth file, or timm:ARCH)")
-    if path.suffix not in FOREIGN_SUFFIXES and path.suffix != ".safetensors":
-        raise UsageError(f"{spec}: expected a run directory, an sslkit .safetensors, a .pth file or timm:ARCH")
+    if path.suffix not in foreign.SUFFIXES and path.suffix != ".safetensors":
+        raise UsageError(f"{spec}: expected a run directory, a .safetensors, .pth or .ckpt file, or timm:ARCH")
     return path
 
 
-def infer_arch(state: dict[str, torch.Tensor], path: Path) -> str:
-    """The timm name of a backbone state dict: ResNets and ViTs are recognised from their keys and shapes."""
-    return infer_resnet_arch(state, path) if "layer1.0.conv1.weight" in state else infer_vit_arch(state, path)
-
-
 def _load_foreign(state: dict[str, torch.Tensor], path: Path, img_size: int | None, arch: str | None,
-                  vit_options: dict) -> LoadedBackbone:
+                  vit_options: dict, allow_partial: bool, licence: str | None) -> LoadedBackbone:
     """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a timm file's or an export's."""
-    arch = arch or infer_arch(state, path)
-    native = native_img_size(state)
-    module = create_backbone(arch, native, **vit_options)
-    load_strict(module, state, path)
+    arch = arch or foreign.infer_arch(state, path)
+    native = foreign.native_img_size(state)
+    module = create_backbone(arch, native, **foreign.vit_options(state), **vit_options)
+    load_weights(module, state, path, allow_partial)
     if img_size and img_size != native and is_vit(module) and "dynamic_img_size" not in vit_options:
         module.set_input_size(img_size=img_size)
-    return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})", str(path))
-
-
-def native_img_size(state: dict[str, torch.Tensor]) -> int:
-    """The image side a ViT state dict's position embedding was made for (224 for conv nets)."""
-    if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
-        return 224
-    prefix = int("cls_token" in state) + (state["reg_token"].shape[1] if "reg_token" in state else 0)
-    side = math.isqrt(state["pos_embed"].shape[1] - prefix)
-    return side * state["patch_embed.proj.weight"].shape[-1]
-
-
-def read_torch_file(path: Path) -> dict:
-    """A ``torch.save`` file, never unpickling arbitrary objects: tensors and containers only, plus the
-    ``argparse.Namespace`` that DINO's and MAE's full checkpoints hold under ``args``."""
-    import argparse
-
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors name the refused class; anything else is an unreadable file
-        raise UsageError(f"cannot read {path} as a weights-only PyTorch file ({str(error).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} does not hold a state dict")
-    return data
-
-
-def backbone_state(data: dict, checkpoint_key: str, path: Path) -> dict[str, torch.Tensor]:
-    """The backbone's tensors: from the ``teacher`` / ``student`` / ``model`` / ``state_dict`` entry when the file
-    has one, with DDP's ``module.`` and DINO's ``backbone.`` prefixes stripped and heads / decoders dropped."""
-    for key in (checkpoint_key, "model", "state_dict"):
-        if isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    state = {}
-    for name, value in data.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        for prefix in ("module.", "backbone."):
-            name = name.removeprefix(prefix)
-        if name.startswith(("head.", "decoder", "mask_token", "fc.", "fc_norm.")):
-            continue  # projection heads, MAE's decoder, classifiers: not part of the backbone
-        state[name] = value
-    if not state:
-        raise UsageError(f"{path} holds no tensors under '{checkpoint_key}', 'model' or 'state_dict'")
-    return state
-
-
-VIT_WIDTHS = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
-
-
-def infer_vit_arch(state: dict[str, torch.Tensor], path: Path) -> str:
-    """The timm name of the ViT a state dict fits (DINO and MAE release ViT-S/B/L with patch 8, 14 or 16)."""
-    weight = state.get("patch_embed.proj.weight")
-    if weight is None or weight.shape[0] not in VIT_WIDTHS:
-        raise UsageError(f"cannot tell the architecture of {path}; name it with --arch (a timm model name)")
-    arch = f"vit_{VIT_WIDTHS[weight.shape[0]]}_patch{weight.shape[-1]}_224"
-    if not timm.is_model(arch):
-        raise UsageError(f"{path} looks like {arch}, which timm does not have; name the model with --arch")
-    return arch
-
-
-RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
-           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
-
-
-def infer_resnet_arch(state: dict[str, torch.Tensor], path: Path) -> str:
-    """The timm name of a ResNet state dict in torchvision / timm names (DINO's ResNet-50, torchvision's files),
-    from its blocks per stage, their kind (bottleneck or basic) and their width."""
-    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4))
-    bottleneck = "layer1.0.conv3.weight" in state
-    arch = RESNETS.get((blocks, bottleneck))
-    if arch in ("resnet50", "resnet101") and state["layer1.0.conv1.weight"].shape[0] == 128:
-        arch = f"wide_{arch}_2"  # twice the bottleneck width
-    if arch is None:
-        kind = "bottleneck" if bottleneck else "basic"
-        raise UsageError(f"{path} is a ResNet with {blocks} {kind} blocks per stage that sslkit cannot name; "
-                         "give --arch (a timm model name)")
-    return arch
+    return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})", str(path), licence=licence)
 
 
 def key_report(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
@@ -321,12 +242,22 @@ def key_report(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, l
     }
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, allow_partial: bool = False) -> None:
+    """Load ``state`` into ``module``: every tensor must fit, unless ``allow_partial``, which loads those that
+    fit (at least one), leaves the rest as built and says so."""
     report = key_report(module, state)
-    if any(report.values()):
-        parts = [f"{name}: {_few(keys)}" for name, keys in report.items() if keys]
-        raise UsageError(f"{path} does not fit the backbone ({'; '.join(parts)})")
-    module.load_state_dict(state, strict=True)
+    if not any(report.values()):
+        module.load_state_dict(state, strict=True)
+        return
+    summary = "; ".join(f"{name}: {_few(keys)}" for name, keys in report.items() if keys)
+    if not allow_partial:
+        raise UsageError(f"{path} does not fit the backbone ({summary}); --allow-partial loads what fits")
+    fitting = {k: v for k, v in state.items() if k not in report["unexpected"] and k not in report["wrong shape"]}
+    if not fitting:
+        raise UsageError(f"no tensor of {path} fits the backbone ({summary})")
+    console.warn(f"--allow-partial: {len(fitting)} of {len(module.state_dict())} backbone tensors loaded from "
+                 f"{path.name}, the rest left as initialised ({summary})")
+    module.load_state_dict(fitting, strict=False)
 
 
 def _few(keys: list[str], shown: int = 3) -> str:
@@ -337,23 +268,28 @@ def _few(keys: list[str], shown: int = 3) -> str:
 EXPORT_FORMATS = ("timm", "sslkit")
 
 
-def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm") -> dict[str, str]:
+def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm", licence: str | None = None) -> dict[str, str]:
     """Write ``loaded``'s backbone to ``out``, atomically; returns the metadata written with it.
 
     ``timm``: a plain state dict in timm names, which ``timm.create_model(arch, pretrained=True,
     pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads (and every sslkit command takes as MODEL);
-    ``sslkit``: an sslkit checkpoint holding the backbone alone.
+    ``sslkit``: an sslkit checkpoint holding the backbone alone. ``licence`` states the weights' licence; by
+    default that of the imported weights when known, "unknown" for other imported files, none for weights
+    sslkit trained from scratch.
     """
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{fmt}'")
     if not has_weights(loaded.module):
         raise UsageError(f"{loaded.source} has no weights to export")
     module = loaded.module
+    imported = not loaded.method and not loaded.source.startswith("timm:")
+    licence = licence or loaded.licence or ("unknown: check the terms of the weights' source" if imported else None)
     metadata = {
         "arch": loaded.arch, "img_size": str(loaded.img_size), "patch_size": str(patch_size(module) or ""),
         "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
-        "pooling": "token" if is_vit(module) else "avg", "method": loaded.method or "none",
+        "pooling": str(getattr(module, "global_pool", "token")) if is_vit(module) else "avg", "method": loaded.method or "none",
         "step": loaded.step, "source": loaded.source, "sslkit_version": __version__,
+        **({"licence": licence} if licence else {}),
     }
     state = module.state_dict()
     if fmt == "timm":

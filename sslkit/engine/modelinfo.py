@@ -3,12 +3,11 @@ training progress and settings, and how its backbone tensors fit the architectur
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
-from sslkit.engine import checkpoint as ckpt
+from sslkit.engine import checkpoint as ckpt, foreign
 from sslkit.errors import UsageError
 from sslkit.models.backbones import create_backbone, is_vit, patch_size
 
@@ -26,10 +25,10 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
                 "parameters": _count(module), "keys": _fits(module, module.state_dict())}
     path = ckpt.model_path(spec)
     info: dict = {"model": spec, "file": str(path), "bytes": path.stat().st_size}
-    if path.suffix in ckpt.FOREIGN_SUFFIXES:
-        data = ckpt.read_torch_file(path)
+    if path.suffix in foreign.SUFFIXES:
+        data = foreign.read_torch_file(path)
         info.update(_torch_kind(data))
-        state, metadata = ckpt.backbone_state(data, checkpoint_key, path), {}
+        state, metadata = foreign.backbone_state(data, checkpoint_key, path), {}
     else:
         metadata = ckpt.raw_metadata(path)
         if metadata.get("format") == ckpt.FORMAT:
@@ -38,43 +37,38 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
                         backbones=sorted(json.loads(metadata.get("backbones", "{}"))),
                         backbone=key, step=_number(metadata.get("step")), epoch=_number(metadata.get("epoch")),
                         config=json.loads(metadata["config"]) if "config" in metadata else None,
-                        tensors=len(ckpt.read_tensors(path)))
+                        licence=metadata.get("licence"), tensors=len(ckpt.read_tensors(path)))
         else:
-            state = ckpt.backbone_state(ckpt.read_tensors(path), checkpoint_key, path)
+            state = foreign.backbone_state(ckpt.read_tensors(path), checkpoint_key, path)
             exported = "sslkit_version" in metadata
             info.update(kind="sslkit export (timm names)" if exported else "safetensors state dict",
-                        method=metadata.get("method"), step=_number(metadata.get("step")))
+                        method=metadata.get("method"), step=_number(metadata.get("step")),
+                        licence=metadata.get("licence"))
     arch = arch or metadata.get("arch") or _infer(state, path, info)
     if arch is None:
         return info
-    size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else ckpt.native_img_size(state)
-    module = create_backbone(arch, size)
+    size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else foreign.native_img_size(state)
+    module = create_backbone(arch, size, **foreign.vit_options(state))
     info.update(arch=arch, img_size=size, patch_size=patch_size(module), vit=is_vit(module),
                 parameters=_count(module), keys=_fits(module, state))
     return info
 
 
 def _torch_kind(data: dict) -> dict:
-    if isinstance(data.get("teacher"), dict) and isinstance(data.get("student"), dict):
-        kind = "DINO training checkpoint (teacher and student)"
-    elif isinstance(data.get("model"), dict):
-        kind = "checkpoint with a 'model' dict (MAE / DeiT style)"
-    elif isinstance(data.get("state_dict"), dict):
-        kind = "checkpoint with a 'state_dict' dict"
-    else:
-        kind = "PyTorch state dict"
-    info = {"kind": kind, "entries": sorted(k for k in data if not isinstance(data[k], torch.Tensor))[:20]}
-    if isinstance(data.get("args"), argparse.Namespace):
-        info["args"] = {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-                        for k, v in vars(data["args"]).items()}
-    if "epoch" in data and isinstance(data["epoch"], int):
-        info["epoch"] = data["epoch"]
+    info = {"kind": foreign.describe(data), "licence": foreign.licence(data),
+            "entries": sorted(k for k in data if not isinstance(data[k], torch.Tensor))[:20]}
+    settings = foreign.settings(data)
+    if settings is not None:
+        info["args"] = settings
+    for key in ("epoch", "global_step"):
+        if isinstance(data.get(key), int):
+            info[key.replace("global_", "")] = data[key]
     return info
 
 
 def _infer(state: dict, path, info: dict) -> str | None:
     try:
-        return ckpt.infer_arch(state, path)
+        return foreign.infer_arch(state, path)
     except UsageError as error:
         info["arch_error"] = str(error)
         return None

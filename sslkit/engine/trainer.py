@@ -60,8 +60,9 @@ class Evaluation:
 
 class Trainer:
     def __init__(self, method: Method, dataset, cfg: TrainConfig, out: Path, run_config: dict,
-                 evaluation: Evaluation | None = None):
+                 evaluation: Evaluation | None = None, provenance: dict[str, str] | None = None):
         self.cfg, self.out, self.run_config, self.evaluation = cfg, Path(out), run_config, evaluation
+        self.provenance = dict(provenance or {})  # where imported weights came from, their licence: every save
         self.device = resolve_device(cfg.device)
         self.precision, self.amp_dtype = resolve_precision(cfg.precision, self.device)
         if cfg.batch_size % cfg.accum_steps:
@@ -288,6 +289,7 @@ class Trainer:
             "config": json.dumps(self.run_config),
             "state": ckpt.dumps(state),
             **({"best": json.dumps(self.best)} if self.best else {}),
+            **self.provenance,
         }
         ckpt.save_checkpoint(path or self.checkpoint_path, tensors, metadata)
 
@@ -309,7 +311,11 @@ class Trainer:
         _set_rng_state(ckpt.unpack(state["rng"], tensors))
         self.step = int(metadata["step"])
         self.best = json.loads(metadata["best"]) if "best" in metadata else None
+        self.provenance.update({k: metadata[k] for k in PROVENANCE if k in metadata})
         console.info(f"resuming from {self.checkpoint_path} at step {self.step}")
+
+
+PROVENANCE = ("continued_from", "licence")
 
 
 @torch.no_grad()

@@ -65,6 +65,7 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 class BYOL(nn.Module):
     name = "byol"
+    fixed_tensors: tuple[str, ...] = ()  # state --continue-from leaves as built
 
     def __init__(self, options: BYOLConfig):
         super().__init__()

@@ -118,6 +118,7 @@ def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: 
 
 class DINO(nn.Module):
     name = "dino"
+    fixed_tensors: tuple[str, ...] = ()  # state --continue-from leaves as built
 
     def __init__(self, options: DINOConfig):
         super().__init__()

@@ -127,6 +127,8 @@ def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
 
 class MAE(nn.Module):
     name = "mae"
+    # sin-cos functions of the patch grid: --continue-from keeps the run's own
+    fixed_tensors: tuple[str, ...] = ("backbone.pos_embed", "decoder_pos_embed")
     channels_last = False
 
     def __init__(self, options: MAEConfig):

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sslkit import config as cfg
 from sslkit.config import MAEConfig
-from sslkit.engine import checkpoint as ckpt
+from sslkit.engine import checkpoint as ckpt, foreign
 from sslkit.errors import UsageError
 from sslkit.methods.mae import HEAD_DIM, MAE, patchify, unpatchify
 from sslkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -40,7 +40,7 @@ def load_mae(spec: str, norm_pix: bool | None = None) -> tuple[MAE, str]:
         path = path / "checkpoints" / "last.safetensors"
     if not path.is_file():
         raise UsageError(f"model not found: {spec} (reconstructions need {DECODER_FILES})")
-    if path.suffix in ckpt.FOREIGN_SUFFIXES:
+    if path.suffix in foreign.SUFFIXES:
         return _load_official(path, norm_pix)
     metadata = ckpt.read_metadata(path)
     if metadata.get("method") != "mae":
@@ -49,27 +49,24 @@ def load_mae(spec: str, norm_pix: bool | None = None) -> tuple[MAE, str]:
     if norm_pix is not None:
         options.norm_pix_loss = norm_pix
     model = MAE(options)
-    ckpt.load_strict(model, ckpt.read_tensors(path, "model."), path)
+    ckpt.load_weights(model, ckpt.read_tensors(path, "model."), path)
     return model, f"mae {options.arch}, step {metadata.get('step', '?')}"
 
 
 def _load_official(path: Path, norm_pix: bool | None) -> tuple[MAE, str]:
-    data = ckpt.read_torch_file(path)
-    state = data["model"] if isinstance(data.get("model"), dict) else data
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = foreign.mae_state(foreign.read_torch_file(path))
     if "decoder_embed.weight" not in state:
         raise UsageError(f"{path} holds an MAE encoder without its decoder; reconstructions need {DECODER_FILES}")
-    encoder = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token"))}
+    encoder = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     decoder_dim = state["decoder_embed.weight"].shape[0]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("decoder_blocks."))
     if norm_pix is None:
         norm_pix = "visualize" not in path.name
-    options = MAEConfig(arch=ckpt.infer_vit_arch(encoder, path), img_size=ckpt.native_img_size(encoder),
+    options = MAEConfig(arch=foreign.infer_vit_arch(encoder, path), img_size=foreign.native_img_size(encoder),
                         norm_pix_loss=norm_pix, decoder_dim=decoder_dim, decoder_depth=depth,
                         decoder_heads=max(1, decoder_dim // HEAD_DIM))  # heads are not stored: MAE's 32-d heads
     model = MAE(options)
-    renamed = {(k if k not in encoder else f"backbone.{k}"): v for k, v in state.items()}
-    ckpt.load_strict(model, renamed, path)
+    ckpt.load_weights(model, state, path)
     return model, f"{path.name} ({options.arch})"
 
 

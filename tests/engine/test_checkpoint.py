@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sslkit.engine import checkpoint as ckpt
+from sslkit.engine import checkpoint as ckpt, foreign
 from sslkit.errors import UsageError
 
 
@@ -93,8 +93,8 @@ def test_resnet_architecture_is_inferred_from_blocks_kind_and_width():
                     state[f"layer{stage}.{block}.conv3.weight"] = torch.zeros(1)
         return state
 
-    assert ckpt.infer_resnet_arch(stages((3, 4, 6, 3), False), "x") == "resnet34"
-    assert ckpt.infer_resnet_arch(stages((3, 4, 23, 3), True), "x") == "resnet101"
-    assert ckpt.infer_resnet_arch(stages((3, 4, 6, 3), True, width=128), "x") == "wide_resnet50_2"
+    assert foreign.infer_resnet_arch(stages((3, 4, 6, 3), False), "x") == "resnet34"
+    assert foreign.infer_resnet_arch(stages((3, 4, 23, 3), True), "x") == "resnet101"
+    assert foreign.infer_resnet_arch(stages((3, 4, 6, 3), True, width=128), "x") == "wide_resnet50_2"
     with pytest.raises(UsageError, match=r"\(1, 1, 1, 1\) basic blocks per stage .* --arch"):
-        ckpt.infer_resnet_arch(stages((1, 1, 1, 1), False), "x")
+        foreign.infer_resnet_arch(stages((1, 1, 1, 1), False), "x")

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import sslkit
-from sslkit.engine.checkpoint import infer_vit_arch
+from sslkit.engine.foreign import infer_vit_arch
 from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, create_backbone
 from sslkit.visualize.attention import (central_mass, cls_attention, heat_map, last_block_attention, prepare_image,
@@ -107,9 +107,17 @@ def test_partial_weight_load_is_refused(tmp_path):
         sslkit.attention(str(tmp_path / "partial.pth"), [tmp_path / "x.png"], tmp_path / "a", arch="test_vit")
 
 
-def test_vit_architecture_is_inferred_from_the_patch_embedding():
-    assert infer_vit_arch({"patch_embed.proj.weight": torch.zeros(384, 3, 8, 8)}, "x") == "vit_small_patch8_224"
-    assert infer_vit_arch({"patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}, "x") == "vit_base_patch16_224"
+def vit_keys(width: int, patch: int, depth: int = 12) -> dict:
+    blocks = {f"blocks.{i}.norm1.weight": torch.zeros(width) for i in range(depth)}
+    return {"patch_embed.proj.weight": torch.zeros(width, 3, patch, patch), **blocks}
+
+
+def test_vit_architecture_is_inferred_from_width_patch_and_depth():
+    assert infer_vit_arch(vit_keys(384, 8), "x") == "vit_small_patch8_224"
+    assert infer_vit_arch(vit_keys(768, 16), "x") == "vit_base_patch16_224"
+    assert infer_vit_arch(vit_keys(1280, 14, depth=32), "x") == "vit_huge_patch14_224"
+    with pytest.raises(UsageError, match="with 6 blocks, not vit_small_patch16_224's 12"):
+        infer_vit_arch(vit_keys(384, 16, depth=6), "x")
     with pytest.raises(UsageError, match="--arch"):
         infer_vit_arch({"conv1.weight": torch.zeros(64, 3, 7, 7)}, "x")
 
