@@ -24,6 +24,7 @@ from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, PretrainConfi
 from sslkit.data.folders import ImageFolder, images_under, load_rgb
 from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip_view, eval_transform
+from sslkit.engine import rundir
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import resolve_device, resolve_precision
 from sslkit.engine.trainer import Evaluation, Trainer
@@ -51,8 +52,8 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     out = Path(out)
     if resume:
         values = _resume_settings(out, values)
-    elif (out / "checkpoints" / "last.safetensors").exists():
-        raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    else:
+        rundir.check_new_run(out, values.get("force", False))
     start = cfg.build(ContinueConfig, values)
     cfg.choice("checkpoint_key", start.checkpoint_key, ("teacher", "student"))
     weights = None
@@ -146,8 +147,8 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
                            **{k: v for k, v in settings.items() if v is not None})
     cfg.validate_linear(options)
     recipe = RECIPES[options.recipe]
-    if options.out and (Path(options.out) / "checkpoints").exists():
-        raise UsageError(f"{options.out} already holds a run; choose another --out")
+    if options.out:
+        rundir.check_new_run(Path(options.out), options.force)
     frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
     train_set, val_set, val_labels = frozen.labelled_sets()
     val_features, _ = frozen.features(val_set, "val")
@@ -164,7 +165,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
         epochs=options.epochs, batch_size=options.batch_size, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
         warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
         clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
-        workers=workers, save_every=options.save_every,
+        workers=workers, save_every=options.save_every, force=options.force,
     )
     history: list[list[dict]] = []
     val_x, val_y = val_features.to(frozen.device), val_labels.to(frozen.device)
@@ -226,7 +227,8 @@ def _run_dir(out: str | None):
 
 
 FINETUNE_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad",
-                         "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every")
+                         "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every",
+                         "force", "keep")
 
 
 def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *, resume: bool = False,
@@ -246,8 +248,8 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     out = Path(out)
     if resume:
         values = _resume_settings(out, values)
-    elif (out / "checkpoints" / "last.safetensors").exists():
-        raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    else:
+        rundir.check_new_run(out, values.get("force", False))
     cfg.check_known(values, TrainConfig, FinetuneConfig)
     options = cfg.build(FinetuneConfig, {**values, "model": str(model), "train": str(train), "val": str(val),
                                          "out": str(out)})

@@ -48,11 +48,13 @@ class TrainConfig:
     eval_val: str | None = None  # ... and labelled queries
     eval_every: int = 1  # epochs
     eval_k: int = 20
+    force: bool = False  # start over in a non-empty run directory
+    keep: int = 1  # periodic checkpoints kept: last.safetensors, plus epoch-NNNN.safetensors when > 1
 
 
 # Fields that may change when a run is resumed: they change how it runs, not what it computes.
 OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every", "eval_train", "eval_val",
-                      "eval_every", "eval_k"}
+                      "eval_every", "eval_k", "force", "keep"}
 
 
 @dataclass
@@ -177,6 +179,7 @@ class LinearConfig(FrozenConfig):
     augment: bool = False  # RandomResizedCrop + flip per epoch (no feature cache for the training set)
     out: str | None = None  # run directory (checkpoints, metrics, curves); None: a temporary one
     save_every: int = 10
+    force: bool = False  # start over in a non-empty --out
 
 
 @dataclass
@@ -336,7 +339,7 @@ def validate_train(train: TrainConfig) -> None:
     choice("device", train.device, DEVICES)
     choice("precision", train.precision, PRECISIONS)
     choice("optimizer", train.optimizer, OPTIMIZERS)
-    for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr", "eval_every", "eval_k"):
+    for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr", "eval_every", "eval_k", "keep"):
         _positive(name, getattr(train, name))
     if (train.eval_train is None) != (train.eval_val is None):
         raise UsageError("online k-NN needs both --eval-train (the labelled memory) and --eval-val (the queries)")

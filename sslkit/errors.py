@@ -9,6 +9,11 @@ class TrainingFailed(Exception):
     """A run that started but cannot go on (e.g. a non-finite loss): exit code 1."""
 
 
+class WriteFailed(TrainingFailed):
+    """A checkpoint or output file could not be written (disk full, permissions): exit code 1, the previous
+    file kept."""
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM during training, after the checkpoint was written: exit 128 + signal."""
 

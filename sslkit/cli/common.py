@@ -30,6 +30,12 @@ AllowPartial = Annotated[bool, typer.Option(
     "--allow-partial",
     help="Experts: load the backbone tensors that fit and leave the rest as initialised (a warning lists them) "
          "instead of refusing a file that does not fit the architecture.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Start over in a non-empty --out: the earlier run's checkpoints, metrics and config are deleted "
+                    "once the new run has started (other files stay).", rich_help_panel=RUN)]
+Keep = Annotated[Optional[int], typer.Option(
+    help="Periodic checkpoints to keep: besides checkpoints/last.safetensors, the newest K as "
+         "epoch-NNNN.safetensors (default 1: the last only).", rich_help_panel=RUN)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (results still go to --json).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 
@@ -58,9 +64,23 @@ def handle_errors(quiet: bool = False):
     except Exception as error:
         if os.environ.get("SSLKIT_DEBUG"):
             raise
+        if _out_of_memory(error):
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise fail(f"out of memory ({first_line}); {MEMORY_HINT}", 1) from None
         raise fail(f"{type(error).__name__}: {error} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
     finally:
         console.set_quiet(was_quiet)
+
+
+MEMORY_HINT = ("lower --batch-size, or keep it and add --accum-steps N (the same result in N smaller passes), "
+               "or use --precision bf16; a resumed run continues from its last checkpoint")
+
+
+def _out_of_memory(error: Exception) -> bool:
+    torch = sys.modules.get("torch")  # loaded by any command that can run out of memory
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error)
 
 
 def parse_bool(name: str, value: str) -> bool:

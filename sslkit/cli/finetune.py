@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples,
-                               handle_errors, write_json)
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, Force, JsonOut, Keep, Precision, Quiet, Workers,
+                               examples, handle_errors, write_json)
 
 AUG = "Regularisation"
 
@@ -66,6 +66,8 @@ def finetune(
     allow_partial: AllowPartial = False,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the head, the fraction, the data order and augmentation (default 0).", rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=RUN)] = False,
+    force: Force = False,
+    keep: Keep = None,
     save_every: Annotated[Optional[int], typer.Option(help="Write the last checkpoint every N epochs (default 1).", rich_help_panel=RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Log every N steps (default 10).", rich_help_panel=RUN)] = None,
     device: Device = None,
@@ -84,8 +86,8 @@ def finetune(
             layer_decay=layer_decay, clip_grad=clip_grad, accum_steps=accum_steps, drop_path=drop_path,
             smoothing=smoothing, mixup=mixup, cutmix=cutmix, mixup_prob=mixup_prob,
             mixup_switch_prob=mixup_switch_prob, randaug=randaug, reprob=reprob, pool=pool,
-            checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, save_every=save_every, log_every=log_every,
-            device=device, precision=precision, workers=workers, compile=compile,
+            checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, save_every=save_every,
+            log_every=log_every, force=force or None, keep=keep, device=device, precision=precision, workers=workers, compile=compile,
         )
         write_json(json_path, results)
         if not quiet:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, Precision, Quiet, Workers, examples, handle_errors,
-                               parse_bool)
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, Force, Keep, Precision, Quiet, Workers, examples,
+                               handle_errors, parse_bool)
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
@@ -91,6 +91,8 @@ def byol(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    force: Force = False,
+    keep: Keep = None,
     continue_from: ContinueFrom = None,
     checkpoint_key: ContinueKey = None,
     allow_partial: AllowPartial = False,
@@ -110,7 +112,7 @@ def byol(
         optimizer=optimizer, momentum=momentum, clip_grad=clip_grad, accum_steps=accum_steps, tau_base=tau_base,
         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
         predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers,
-        compile=compile, seed=seed, save_every=save_every, log_every=log_every,
+        compile=compile, seed=seed, save_every=save_every, log_every=log_every, force=force or None, keep=keep,
         eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
     _run("byol", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
@@ -189,6 +191,8 @@ def dino(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    force: Force = False,
+    keep: Keep = None,
     continue_from: ContinueFrom = None,
     checkpoint_key: ContinueKey = None,
     allow_partial: AllowPartial = False,
@@ -211,7 +215,8 @@ def dino(
         freeze_last_layer=freeze_last_layer, drop_path_rate=drop_path_rate, global_crops_scale=global_crops_scale,
         local_crops_number=local_crops_number, local_crops_scale=local_crops_scale, local_crop_size=local_crop_size,
         device=device, precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every,
-        log_every=log_every, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
+        log_every=log_every, force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val),
+        eval_every=eval_every, eval_k=eval_k,
     )
     with handle_errors(quiet):
         if norm_last_layer is not None:
@@ -271,6 +276,8 @@ def mae(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    force: Force = False,
+    keep: Keep = None,
     continue_from: ContinueFrom = None,
     checkpoint_key: ContinueKey = None,
     allow_partial: AllowPartial = False,
@@ -290,6 +297,6 @@ def mae(
         accum_steps=accum_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, crop_scale=crop_scale, device=device,
         precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
-        eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
+        force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
     _run("mae", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)

@@ -124,6 +124,7 @@ def linear(
     lr: Annotated[Optional[list[float]], typer.Option("--lr", help="Peak learning rate of a head; repeat for one head each (default: the recipe's base lr x batch/256).")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Train on random resized crops + flips of the images, recomputing features (slower, no cache).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory for checkpoints (best and last), metrics.jsonl and curves.png (default: none kept).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out (the earlier run's checkpoints, metrics and config are deleted).")] = False,
     checkpoint_key: CheckpointKey = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, the data order and a timm: baseline's weights (default 0).")] = None,
     arch: Arch = None,
@@ -150,7 +151,7 @@ def linear(
             checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size, batch_size=batch_size, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
-            precision=precision,
+            precision=precision, force=force,
         )
         write_json(json_path, results)
         if not quiet:

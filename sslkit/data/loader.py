@@ -41,8 +41,11 @@ def default_workers() -> int:
 
 
 def _worker_init(_: int) -> None:
-    # Ctrl-C goes to the whole process group; only the main process handles it (and writes a checkpoint)
+    # Ctrl-C goes to the whole process group, and schedulers (SLURM's scancel, Kubernetes) send SIGTERM to
+    # every process of a job: only the main process handles them (it writes a checkpoint, then stops the
+    # workers). A worker whose main process dies exits on its own (PyTorch's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(

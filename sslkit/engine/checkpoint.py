@@ -22,7 +22,7 @@ from torch import nn
 
 from sslkit import __version__, console
 from sslkit.engine import foreign
-from sslkit.errors import UsageError
+from sslkit.errors import UsageError, WriteFailed
 from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, has_weights,
                                      is_vit, patch_size)
 
@@ -37,12 +37,17 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
 def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Any safetensors file, written atomically (temporary file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_storable(tensors), str(tmp), metadata=metadata)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(_storable(tensors), str(tmp), metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as error:  # disk full, quota, permissions, a vanished mount
+        tmp.unlink(missing_ok=True)
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise WriteFailed(f"cannot write {path} ({error}); {kept}") from None
     _fsync_dir(path.parent)
 
 

@@ -23,7 +23,7 @@ import torch
 from sslkit import console
 from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
-from sslkit.engine import checkpoint as ckpt
+from sslkit.engine import checkpoint as ckpt, rundir
 from sslkit.engine.device import resolve_device, resolve_precision, to_device
 from sslkit.engine.method import Method, Progress
 from sslkit.engine.optim import build_optimizer
@@ -96,10 +96,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._restore()
             self.metrics.truncate_after(self.step)
+        elif self.cfg.force:
+            rundir.clear_previous_run(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
         _write_json(self.out / "config.json", self.run_config)
         self._announce()
         start_epoch = self.step // self.steps_per_epoch
@@ -111,6 +113,7 @@ class Trainer:
                 improved = self._evaluate(epoch, display)
                 if (epoch + 1) % self.cfg.save_every == 0 or epoch + 1 == self.cfg.epochs or stop["signal"]:
                     self._save()
+                    rundir.keep_snapshot(self.checkpoint_path, epoch + 1, self.cfg.keep)
                 if improved:
                     self._save(self.best_path)
                 if stop["signal"]:

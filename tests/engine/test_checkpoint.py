@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sslkit.engine import checkpoint as ckpt, foreign
-from sslkit.errors import UsageError
+from sslkit.errors import UsageError, WriteFailed
 
 
 def test_checkpoint_round_trip_is_bit_for_bit(tmp_path):
@@ -45,9 +45,10 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         raise OSError("No space left on device")
 
     monkeypatch.setattr(ckpt, "save_file", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match=r"No space left on device\); the previous file is intact"):
         ckpt.save_checkpoint(path, {"x": torch.zeros(3)}, {})
     assert torch.equal(ckpt.read_tensors(path)["x"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]  # no half-written file left
 
 
 def test_tensors_sharing_memory_are_stored_separately(tmp_path):
