@@ -29,6 +29,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 def load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         ImageOps.exif_transpose(image, in_place=True)  # photos stored rotated carry an EXIF orientation
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scaled to 8 bits, not clipped at 255
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
         return image.convert("RGB")
 
 
@@ -44,11 +46,14 @@ class ImageFolder(Dataset):
         self.root = Path(root)
         self.transform = transform
         files, labels, self.classes = _scan(self.root, labelled)
-        keep = _readable(files)
-        self.files = [f for f, ok in zip(files, keep) if ok]
-        self.labels = [y for y, ok in zip(labels, keep) if ok]
+        problems = _problems(files)
+        self.files = [f for f, p in zip(files, problems) if p is None]
+        self.labels = [y for y, p in zip(labels, problems) if p is None]
+        bad = [(f, p) for f, p in zip(files, problems) if p]
         if not self.files:
-            raise UsageError(f"no readable images in {self.root}")
+            raise UsageError(f"no readable images in {self.root}: {_listed(bad)}")
+        if bad:
+            console.warn(f"skipped {len(bad)} unreadable image file(s): {_listed(bad)}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -83,8 +88,18 @@ class ImageFolder(Dataset):
             try:
                 return load_rgb(path)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
-                print(f"warning: skipping unreadable image {path}: {error}", file=sys.stderr)
+                if path not in _WARNED:  # once per file and process, not once per epoch
+                    _WARNED.add(path)
+                    print(f"warning: skipping an image that fails to decode, {shown(path)}: {error}", file=sys.stderr)
         raise UsageError(f"no image in {self.root} can be decoded")
+
+
+_WARNED: set[Path] = set()
+
+
+def shown(path: Path) -> str:
+    """A path printable on any terminal: bytes that are not UTF-8 (legal in Linux file names) as escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @contextmanager
@@ -141,27 +156,61 @@ def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]
 
 
 def images_under(folder: Path) -> list[Path]:
-    found = []
+    """Image files under ``folder``, recursively and sorted; symbolic links are followed, each real folder
+    is read once (a link back up the tree is no endless loop), and only regular files count (a named pipe
+    called x.png would block the reader)."""
+    found, seen = [], set()
     for directory, subdirs, names in os.walk(folder, followlinks=True):
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen:
+            subdirs.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
         subdirs.sort()
-        found += [Path(directory, n) for n in sorted(names) if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        for name in sorted(names):
+            path = Path(directory, name)
+            if path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or not path.exists()):
+                found.append(path)  # a dangling link stays, to be counted as unreadable
     return found
 
 
-def _readable(files: list[Path]) -> list[bool]:
-    """Whether each file opens as an image (header only: cheap enough for a million files)."""
+def _problems(files: list[Path]) -> list[str | None]:
+    """Why each file is not a whole image (None: it is), from its header and its last bytes: cheap enough
+    for a million files."""
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
-        keep = list(pool.map(_opens, files, chunksize=256))
-    bad = [f for f, ok in zip(files, keep) if not ok]
-    if bad:
-        names = ", ".join(str(f) for f in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        console.warn(f"skipped {len(bad)} unreadable image file(s): {names}")
-    return keep
+        return list(pool.map(_problem, files, chunksize=256))
 
 
-def _opens(path: Path) -> bool:
+def _listed(bad: list[tuple[Path, str]], shown_at_most: int = 3) -> str:
+    named = "; ".join(f"{shown(f)} ({p})" for f, p in bad[:shown_at_most])
+    return named + (f"; and {len(bad) - shown_at_most} more" if len(bad) > shown_at_most else "")
+
+
+def _problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable image, or None."""
     try:
         with Image.open(path) as image:
-            return image.width > 0 and image.height > 0
-    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
-        return False
+            if image.width < 1 or image.height < 1:
+                return "no pixels"
+            image_format = image.format
+    except Image.DecompressionBombError as error:  # Pillow's limit, left as the user set it
+        return f"over Pillow's decompression-bomb limit: {str(error).split(', could be')[0]}"
+    except UnidentifiedImageError:
+        return "not an image" if path.stat().st_size else "empty file"
+    except OSError as error:  # permissions, a dangling link
+        return error.strerror or str(error)
+    except ValueError as error:
+        return str(error)
+    if not _complete(path, image_format):
+        return "truncated"
+    return None
+
+
+def _complete(path: Path, image_format: str | None) -> bool:
+    """JPEG and PNG files end with their end marker; a file cut short (an interrupted copy) does not."""
+    end = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(image_format or "")
+    if end is None:
+        return True
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 1024))
+        return end in handle.read()

@@ -188,6 +188,9 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
         exported_size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else None
         return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options,
                              allow_partial, metadata.get("licence"))
+    if arch and arch != metadata["arch"]:
+        raise UsageError(f"--arch {arch} does not match {path}, an sslkit checkpoint of {metadata['arch']}; "
+                         "drop --arch (sslkit files name their architecture)")
     checkpoint_key, state = sslkit_backbone(path, metadata, checkpoint_key)
     arch, trained_size = metadata["arch"], int(metadata["img_size"])
     module = create_backbone(arch, trained_size, **vit_options)
