@@ -53,9 +53,9 @@ def handle_errors(quiet: bool = False):
     try:
         yield
     except UsageError as error:
-        raise fail(str(error), 2) from None
+        raise fail(_one_line(str(error)), 2) from None
     except TrainingFailed as error:
-        raise fail(str(error), 1) from None
+        raise fail(_one_line(str(error)), 1) from None
     except Interrupted as error:
         print(str(error), file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
@@ -67,9 +67,19 @@ def handle_errors(quiet: bool = False):
         if _out_of_memory(error):
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise fail(f"out of memory ({first_line}); {MEMORY_HINT}", 1) from None
-        raise fail(f"{type(error).__name__}: {error} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
+        raise fail(f"{type(error).__name__}: {_one_line(str(error))} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
     finally:
         console.set_quiet(was_quiet)
+
+
+def _one_line(message: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's whole traceback in its message: its
+    last line is the error itself."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1].strip()
+    name, _, text = last.partition(": ")
+    return text if text and " " not in name else last
 
 
 MEMORY_HINT = ("lower --batch-size, or keep it and add --accum-steps N (the same result in N smaller passes), "

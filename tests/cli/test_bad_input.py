@@ -238,3 +238,22 @@ def test_symlink_loops_are_read_once(tmp_path):
     (tmp_path / "photos" / "sub" / "up").symlink_to(tmp_path / "photos")
     assert len(images_under(tmp_path / "photos")) == 3
     assert len(ImageFolder(tmp_path / "photos")) == 3
+
+
+def test_an_error_inside_a_data_loading_worker_is_still_one_line(tmp_path, image_folder, monkeypatch):
+    """Every file passes the listing checks, then none decodes: the error is raised in a worker process,
+    whose traceback PyTorch puts into the message the main process re-raises."""
+    from typer.testing import CliRunner
+
+    from sslkit.cli import app
+
+    def undecodable(path):
+        raise OSError("broken data")
+
+    monkeypatch.setattr("sslkit.data.folders.load_rgb", undecodable)
+    result = CliRunner().invoke(app, ["pretrain", "byol", str(image_folder), "--out", str(tmp_path / "run"),
+                                      *PRETRAIN_OPTIONS[:-4], "--workers", "1"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert errors == [f"error: no image in {image_folder} can be decoded"]
+    assert "Traceback" not in result.output
