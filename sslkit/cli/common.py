@@ -67,7 +67,8 @@ def handle_errors(quiet: bool = False):
         if _out_of_memory(error):
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise fail(f"out of memory ({first_line}); {MEMORY_HINT}", 1) from None
-        raise fail(f"{type(error).__name__}: {_one_line(str(error))} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
+        message = f"{type(error).__name__}: {_one_line(str(error))}"
+        raise fail(f"{message} (set SSLKIT_DEBUG=1 for the traceback)", 1) from None
     finally:
         console.set_quiet(was_quiet)
 

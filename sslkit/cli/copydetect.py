@@ -98,7 +98,8 @@ def search(
         results = api.copydetect(
             model, database, queries, distractors=_text(distractors), whiten=_text(whiten), ground_truth=ground_truth,
             top_k=top_k, matches=_text(matches), min_score=min_score, whiten_power=whiten_power, gem_p=gem_p,
-            pool=pool, img_size=img_size, checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, batch_size=batch_size,
+            pool=pool, img_size=img_size, checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial,
+            seed=seed, batch_size=batch_size,
             cache_dir=_text(cache_dir), cache=cache, workers=workers, device=device, precision=precision,
         )
         write_json(json_path, results)

@@ -50,8 +50,8 @@ HELP = (
     "Write a model's backbone (the EMA teacher by default) to a .safetensors file, without heads, optimizer or "
     "training state.\n\n"
     "--format timm writes a plain state dict in timm names, with metadata (arch, img_size, patch_size, mean / "
-    "std, pooling, method, step, source, and the licence of imported weights): timm.create_model(ARCH, pretrained=True, num_classes=0, "
-    "pretrained_cfg_overlay=dict(file=FILE)) loads it (pass img_size= for a ViT trained at another size), and "
+    "std, pooling, method, step, source, and the licence of imported weights): timm.create_model(ARCH, "
+    "pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=FILE)) loads it (pass img_size= for a ViT trained at another size), and "
     "every sslkit command takes it as MODEL. --format sslkit writes an sslkit checkpoint of the backbone alone."
 )
 EPILOG = examples(

@@ -87,7 +87,8 @@ def finetune(
             smoothing=smoothing, mixup=mixup, cutmix=cutmix, mixup_prob=mixup_prob,
             mixup_switch_prob=mixup_switch_prob, randaug=randaug, reprob=reprob, pool=pool,
             checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, save_every=save_every,
-            log_every=log_every, force=force or None, keep=keep, device=device, precision=precision, workers=workers, compile=compile,
+            log_every=log_every, force=force or None, keep=keep, device=device, precision=precision, workers=workers,
+            compile=compile,
         )
         write_json(json_path, results)
         if not quiet:

@@ -56,9 +56,10 @@ def info(
 
 HELP = (
     "Describe a model file without using it: its kind (sslkit run or checkpoint, sslkit export, DINO / MAE "
-    ".pth, Lightning .ckpt, state dict), method, architecture (inferred for ViTs and ResNets), image and patch size, parameters, "
-    "training step and epoch, the licence of official weights, and whether its backbone tensors fit the architecture (missing, unexpected and "
-    "wrongly shaped keys are listed, not refused). --json writes everything, including the resolved settings."
+    ".pth, Lightning .ckpt, state dict), method, architecture (inferred for ViTs and ResNets), image and patch "
+    "size, parameters, training step and epoch, the licence of official weights, and whether its backbone "
+    "tensors fit the architecture (missing, unexpected and wrongly shaped keys are listed, not refused). --json "
+    "writes everything, including the resolved settings."
 )
 EPILOG = examples(
     "sslkit info runs/dino",

@@ -297,6 +297,7 @@ def mae(
         accum_steps=accum_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, crop_scale=crop_scale, device=device,
         precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
-        force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
+        force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every,
+        eval_k=eval_k,
     )
     _run("mae", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)

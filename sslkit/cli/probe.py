@@ -73,7 +73,8 @@ def knn(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.probe_knn(
-            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size,
+            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, arch=arch,
+            allow_partial=allow_partial, img_size=img_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache,
@@ -148,7 +149,8 @@ def linear(
 
         results = api.probe_linear(
             model, train, val, recipe=recipe, epochs=epochs, lr=lr, augment=augment, out=str(out) if out else None,
-            checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size, batch_size=batch_size, pool=pool,
+            checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size,
+            batch_size=batch_size, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
             precision=precision, force=force,

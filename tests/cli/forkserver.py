@@ -3,8 +3,8 @@
 installed entry point, ``sslkit.cli:main``, with its own exit code and its own stdout / stderr, so a traceback
 or a crash shows exactly as a user would see it.
 
-Protocol: one JSON request per line on stdin ({"args", "cwd", "env", "stdout", "stderr"}), one JSON reply per
-line on stdout ({"code"}).
+Protocol: one JSON request per line on stdin ({"args", "cwd", "env", "stdout", "stderr"}, or {"quit": true}),
+one JSON reply per line on stdout ({"code"}).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def serve() -> None:
     replies = os.fdopen(os.dup(1), "w")
     for line in sys.stdin:
         request = json.loads(line)
+        if request.get("quit"):  # not only EOF: a process forked from the test runner may hold stdin open
+            break
         pid = os.fork()
         if pid == 0:
             _child(request, main)

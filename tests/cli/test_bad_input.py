@@ -4,6 +4,7 @@ a data set are skipped and counted in one warning."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -56,6 +57,7 @@ class ForkServer:
         return Result(reply["code"], out.read_text(errors="replace"), err.read_text(errors="replace"))
 
     def close(self) -> None:
+        self.process.stdin.write(json.dumps({"quit": True}) + "\n")
         self.process.stdin.close()
         self.process.wait(timeout=60)
 
@@ -257,3 +259,5 @@ def test_an_error_inside_a_data_loading_worker_is_still_one_line(tmp_path, image
     errors = [line for line in result.output.splitlines() if line.startswith("error")]
     assert errors == [f"error: no image in {image_folder} can be decoded"]
     assert "Traceback" not in result.output
+    del result
+    gc.collect()  # the loader, held by the error's frames, stops its worker
