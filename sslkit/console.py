@@ -1,16 +1,20 @@
 """Where sslkit talks: progress and messages on stderr, results on stdout."""
 
+import os
+
 from rich.console import Console
 from rich.markup import escape
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
-_quiet = False
+# under torchrun every process runs the command; the first one (RANK 0) speaks for all
+_OTHER_PROCESS = os.environ.get("RANK", "0") != "0"
+_quiet = _OTHER_PROCESS
 
 
 def set_quiet(quiet: bool) -> None:
     global _quiet
-    _quiet = quiet
+    _quiet = quiet or _OTHER_PROCESS
 
 
 def is_quiet() -> bool:

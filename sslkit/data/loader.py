@@ -14,24 +14,30 @@ class EpochSampler(Sampler):
 
     Each epoch holds ``num_samples`` items (a whole number of batches: drop_last). ``start`` skips the
     items already trained on, for a mid-epoch resume. The per-sample seed fixes that sample's augmentation.
+    With ``world_size`` processes each global batch of ``batch_size`` items is cut into equal shares and
+    process ``rank`` gets its share: together they see exactly the batches one process would, with the same
+    augmentations.
     """
 
-    def __init__(self, dataset_size: int, num_samples: int, seed: int):
+    def __init__(self, dataset_size: int, num_samples: int, seed: int, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1):
         self.dataset_size, self.num_samples, self.seed = dataset_size, num_samples, seed
+        self.share, self.rank, self.world_size = batch_size // world_size, rank, world_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return (self.num_samples - self.start) // self.world_size
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.dataset_size, generator=generator)[: self.num_samples].tolist()
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
         for position in range(self.start, self.num_samples):
-            yield order[position], seeds[position]
+            if self.world_size == 1 or (position // self.share) % self.world_size == self.rank:
+                yield order[position], seeds[position]
 
 
 def default_workers() -> int:

@@ -57,11 +57,13 @@ class ProgressDisplay:
 class MetricsLog:
     """Appends one JSON object per logged step or epoch to ``metrics.jsonl``."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled  # with torchrun only the first process writes
         self.start = time.time()
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as handle:
             handle.write(json.dumps({**record, "time": round(time.time() - self.start, 3)}) + "\n")
 

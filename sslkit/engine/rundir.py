@@ -16,6 +16,8 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "curves.png")  # wha
 def check_new_run(out: Path, force: bool) -> None:
     """Refuse to start a run in a folder that already holds files, unless ``force``."""
     out = Path(out)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process checks (the others may see its files)
+        return
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     if force or not out.is_dir() or not any(out.iterdir()):

@@ -19,13 +19,14 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from sslkit import console
 from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
-from sslkit.engine import checkpoint as ckpt, rundir
+from sslkit.engine import checkpoint as ckpt, distributed, rundir
 from sslkit.engine.device import resolve_device, resolve_precision, to_device
-from sslkit.engine.method import Method, Progress
+from sslkit.engine.method import Method, Progress, StepOutput
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
 from sslkit.engine.schedules import cosine, warmup_cosine
@@ -63,10 +64,15 @@ class Trainer:
                  evaluation: Evaluation | None = None, provenance: dict[str, str] | None = None):
         self.cfg, self.out, self.run_config, self.evaluation = cfg, Path(out), run_config, evaluation
         self.provenance = dict(provenance or {})  # where imported weights came from, their licence: every save
-        self.device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
+        self.dist = distributed.join(device.type)  # torchrun: one process per device; otherwise one process
+        self.device = distributed.device_for(device, self.dist)
+        self.is_main = self.dist.is_main
         self.precision, self.amp_dtype = resolve_precision(cfg.precision, self.device)
-        if cfg.batch_size % cfg.accum_steps:
-            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}")
+        shares = self.dist.world_size * cfg.accum_steps
+        if cfg.batch_size % shares:
+            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
+                             + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
         self.steps_per_epoch = len(dataset) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UsageError(f"--batch-size {cfg.batch_size} is larger than the data set ({len(dataset)} images)")
@@ -75,34 +81,46 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")  # TF32 for any matmul left in fp32
+        if self.dist.enabled and self.device.type == "cuda":
+            # BatchNorm statistics over the global batch, as one process would compute them (CUDA only in PyTorch)
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.method = method.to(self.device)
         if method.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.workers = default_workers() if cfg.workers is None else cfg.workers
-        self.sampler = EpochSampler(len(dataset), self.steps_per_epoch * cfg.batch_size, cfg.seed)
-        micro_batch = cfg.batch_size // cfg.accum_steps
+        self.sampler = EpochSampler(len(dataset), self.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.batch_size,
+                                    self.dist.rank, self.dist.world_size)
+        micro_batch = cfg.batch_size // shares
         self.loader = make_loader(dataset, micro_batch, self.workers, self.device, sampler=self.sampler)
         self.optimizer = build_optimizer(
             cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
+        self.ddp = None  # with torchrun: the step wrapped so that backward all-reduces the gradients
+        if self.dist.enabled:
+            self.ddp = DistributedDataParallel(
+                _Step(self.method, self.train_step),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
         self.step = 0  # optimizer steps done
         self.first_bad_step = torch.full((), -1, device=self.device)
         self.checkpoint_path = self.out / "checkpoints" / "last.safetensors"
         self.best_path = self.out / "checkpoints" / "best.safetensors"
         self.best: dict | None = None  # {"key", "value", "epoch", "step"} of the best evaluation so far
-        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict:
         if resume:
             self._restore()
-            self.metrics.truncate_after(self.step)
-        elif self.cfg.force:
+            if self.is_main:
+                self.metrics.truncate_after(self.step)
+        elif self.cfg.force and self.is_main:
             rundir.clear_previous_run(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out / "config.json", self.run_config)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _write_json(self.out / "config.json", self.run_config)
         self._announce()
         start_epoch = self.step // self.steps_per_epoch
         with _stop_signals() as stop, ProgressDisplay(self.total_steps, self.step, self.cfg.epochs) as display:
@@ -111,16 +129,27 @@ class Trainer:
                 self.sampler.set_epoch(epoch, start=done_in_epoch * self.cfg.batch_size)
                 self._run_epoch(epoch, stop, display)
                 improved = self._evaluate(epoch, display)
-                if (epoch + 1) % self.cfg.save_every == 0 or epoch + 1 == self.cfg.epochs or stop["signal"]:
+                stopping = self._stopping(stop)
+                if (epoch + 1) % self.cfg.save_every == 0 or epoch + 1 == self.cfg.epochs or stopping:
                     self._save()
-                    rundir.keep_snapshot(self.checkpoint_path, epoch + 1, self.cfg.keep)
+                    if self.is_main:
+                        rundir.keep_snapshot(self.checkpoint_path, epoch + 1, self.cfg.keep)
                 if improved:
                     self._save(self.best_path)
-                if stop["signal"]:
-                    self._write_curves()
-                    raise Interrupted(f"interrupted after epoch {epoch + 1}; resume with --resume", 128 + stop["signal"])
+                if stopping:
+                    self._interrupt(stop, f"interrupted after epoch {epoch + 1}; resume with --resume")
         self._write_curves()
+        distributed.barrier()  # every process returns once the last checkpoint is written
         return {"steps": self.step, "checkpoint": str(self.checkpoint_path), **({"best": self.best} if self.best else {})}
+
+    def _stopping(self, stop: dict) -> bool:
+        """Whether to stop now: a signal in this process or, with torchrun, in any (all stop at the same step)."""
+        return distributed.any_process(bool(stop["signal"]), self.device)
+
+    def _interrupt(self, stop: dict, message: str) -> None:
+        self._write_curves()
+        distributed.barrier()
+        raise Interrupted(message, 128 + (stop["signal"] or signal.SIGTERM))
 
     def _run_epoch(self, epoch: int, stop: dict, display: ProgressDisplay) -> None:
         window = self._new_window()
@@ -132,7 +161,8 @@ class Trainer:
             progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
             if micro % self.cfg.accum_steps == 0:
                 self.method.start_step(progress)
-            out = self._forward_backward(to_device(batch, self.device))
+            last_pass = (micro + 1) % self.cfg.accum_steps == 0
+            out = self._forward_backward(to_device(batch, self.device), last_pass)
             window.loss += out.loss.detach() / self.cfg.accum_steps
             for name, value in out.logs.items():
                 window.logs[name] = window.logs.get(name, 0) + value.detach() / self.cfg.accum_steps
@@ -147,15 +177,16 @@ class Trainer:
             window.steps += 1
             display.advance(epoch)
             end_of_epoch = self.step % self.steps_per_epoch == 0
-            if self.step % self.cfg.log_every == 0 or end_of_epoch:
+            logged = self.step % self.cfg.log_every == 0 or end_of_epoch
+            if logged:
+                self._log(window, epoch, lr, weight_decay, updates, display)  # window.loss: all processes' mean
                 epoch_loss += window.loss
                 epoch_steps += window.steps
-                self._log(window, epoch, lr, weight_decay, updates, display)
                 window = self._new_window()
-            if stop["signal"] and not end_of_epoch:
+            # with torchrun the processes agree on stopping at log steps only: no extra sync per step
+            if not end_of_epoch and (logged or not self.dist.enabled) and self._stopping(stop):
                 self._save()
-                self._write_curves()
-                raise Interrupted(f"interrupted at step {self.step}; resume with --resume", 128 + stop["signal"])
+                self._interrupt(stop, f"interrupted at step {self.step}; resume with --resume")
             fetched = time.perf_counter()
         seconds = time.perf_counter() - epoch_start
         loss = (epoch_loss / max(epoch_steps, 1)).item()
@@ -167,6 +198,15 @@ class Trainer:
         evaluation = self.evaluation
         if evaluation is None or ((epoch + 1) % evaluation.every and epoch + 1 != self.cfg.epochs):
             return False
+        if not self.is_main:  # with torchrun the first process evaluates, the others wait for it
+            distributed.barrier()
+            return False
+        try:
+            return self._score(epoch, display, evaluation)
+        finally:
+            distributed.barrier()
+
+    def _score(self, epoch: int, display: ProgressDisplay, evaluation: Evaluation) -> bool:
         modes = [(module, module.training) for module in self.method.modules()]
         self.method.eval()
         try:
@@ -184,20 +224,25 @@ class Trainer:
         return improved
 
     def _write_curves(self) -> None:
+        if not self.is_main:
+            return
         try:
             write_curves(self.out)
         except Exception as error:  # a picture must never cost a run its result
             console.warn(f"could not draw the training curves: {type(error).__name__}: {error}")
 
-    def _forward_backward(self, batch):
+    def _forward_backward(self, batch, last_pass: bool = True):
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with autocast:
-            out = self._compiled_or_eager(batch)
-        loss = out.loss.float()
-        # remember the first optimizer step whose loss is not finite, without a host sync
-        bad = ~torch.isfinite(loss.detach())
-        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
-        self.scaler.scale(loss / self.cfg.accum_steps).backward()
+        # with torchrun, gradients are all-reduced once per optimizer step: on the last accumulation pass
+        syncing = self.ddp.no_sync() if self.ddp is not None and not last_pass else nullcontext()
+        with syncing:
+            with autocast:
+                out = self._compiled_or_eager(batch) if self.ddp is None else StepOutput(*self.ddp(batch))
+            loss = out.loss.float()
+            # remember the first optimizer step whose loss is not finite, without a host sync
+            bad = ~torch.isfinite(loss.detach())
+            self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
+            self.scaler.scale(loss / self.cfg.accum_steps).backward()
         return out
 
     def _compiled_or_eager(self, batch):
@@ -239,6 +284,8 @@ class Trainer:
 
     def _log(self, window: Window, epoch: int, lr: float, weight_decay: float, updates: dict, display) -> None:
         self._check_finite()  # the one host sync per log window
+        for value in (window.loss, *window.logs.values()):
+            distributed.mean_(value)  # the whole global batch's, as one process would log
         seconds = max(time.perf_counter() - window.start, 1e-9)
         record = {
             "step": self.step,
@@ -248,7 +295,7 @@ class Trainer:
             "lr": lr,
             "weight_decay": weight_decay,
             **updates,
-            "img_per_s": window.images / seconds,
+            "img_per_s": window.images * self.dist.world_size / seconds,
             "data_wait": window.data_wait / seconds,
             "peak_mem_mb": round(peak_memory_mb(self.device), 1),
         }
@@ -265,18 +312,21 @@ class Trainer:
             )
 
     def _announce(self) -> None:
-        cfg = self.cfg
+        cfg, world = self.cfg, self.dist.world_size
         console.info(
             f"{self.run_config['method']} | {self.num_images} images, {self.steps_per_epoch} steps/epoch x "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}"
-            + (f" ({cfg.accum_steps} x {cfg.batch_size // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
+            + (f" = {world} processes x {cfg.batch_size // world}" if world > 1 else "")
+            + (f" ({cfg.accum_steps} passes of {cfg.batch_size // world // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
             + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:.3g} epochs"
-            + f" | {self.device.type} {self.precision}, {self.workers} workers"
+            + f" | {self.device.type} {self.precision}, {self.workers} workers" + (" per process" if world > 1 else "")
         )
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, path: Path | None = None) -> None:
         self._check_finite()  # never overwrite a good checkpoint with a diverged state
+        if not self.is_main:  # every process holds the same weights; the first writes them
+            return
         tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
         state = {
             "optim": ckpt.pack(self.optimizer.state_dict(), "optim", tensors),
@@ -319,6 +369,19 @@ class Trainer:
 
 
 PROVENANCE = ("continued_from", "licence")
+
+
+class _Step(torch.nn.Module):
+    """A method's training step as a module's forward: DistributedDataParallel all-reduces the gradients of
+    what runs through a forward call."""
+
+    def __init__(self, method: torch.nn.Module, step: Callable):
+        super().__init__()
+        self.method, self.step = method, step
+
+    def forward(self, batch):
+        out = self.step(batch)
+        return out.loss, out.logs
 
 
 @torch.no_grad()

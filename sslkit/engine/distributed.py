@@ -1,0 +1,70 @@
+"""Several processes, one per device, on PyTorch's own engine: ``torchrun --nproc_per_node N -m sslkit ...``.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; sslkit then joins the process group (NCCL on GPUs, gloo on
+CPUs). Without torchrun nothing here creates a process group, and every helper is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context() -> Context:
+    if dist.is_available() and dist.is_initialized():
+        return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Context()
+
+
+def join(device_type: str) -> Context:
+    """Join torchrun's process group once (when WORLD_SIZE > 1); the context either way."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return context()
+
+
+def device_for(device: torch.device, ctx: Context) -> torch.device:
+    """Each process drives the GPU of its local rank."""
+    return torch.device("cuda", ctx.local_rank) if ctx.enabled and device.type == "cuda" else device
+
+
+def mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the mean of ``tensor`` over all processes."""
+    if context().enabled:
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set in any process (so that all of them stop at the same step)."""
+    if not context().enabled:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    if context().enabled:
+        dist.barrier()
