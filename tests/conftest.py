@@ -11,7 +11,7 @@ from PIL import Image
 # A BYOL small enough to train a few steps in about a second on one CPU core.
 TINY_BYOL = dict(
     arch="test_resnet", img_size=32, projector_hidden_dim=64, projector_dim=32, predictor_hidden_dim=64,
-    batch_size=8, workers=0, device="cpu",
+    batch_size=8, workers=0, device="cpu", precision="fp32",
 )
 
 
@@ -28,6 +28,13 @@ def make_folder(root, classes: int = 2, per_class: int = 12, size: int = 40, see
             pixels[y : y + 10, x : x + 10] = rng.integers(0, 255, size=3)
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"c{c}_{i:03d}.png")
     return root
+
+
+@pytest.fixture(autouse=True)
+def fp32_on_cpu(monkeypatch):
+    """--precision auto picks bf16 on CPUs with native bf16: tests run in fp32 on every machine, so that
+    their numbers do not depend on the CPU CI draws (subprocess tests pass --precision fp32)."""
+    monkeypatch.setattr("sslkit.engine.device.cpu_bf16_speedup", lambda: 0.0)
 
 
 @pytest.fixture(autouse=True)

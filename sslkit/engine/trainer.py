@@ -25,7 +25,7 @@ from sslkit import console
 from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.engine import checkpoint as ckpt, distributed, rundir
-from sslkit.engine.device import resolve_device, resolve_precision, to_device
+from sslkit.engine.device import DTYPES, choose_precision, resolve_device, to_device
 from sslkit.engine.method import Method, Progress, StepOutput
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
@@ -68,7 +68,8 @@ class Trainer:
         self.dist = distributed.join(device.type)  # torchrun: one process per device; otherwise one process
         self.device = distributed.device_for(device, self.dist)
         self.is_main = self.dist.is_main
-        self.precision, self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        self.precision, self.precision_reason = choose_precision(cfg.precision, self.device)
+        self.amp_dtype = DTYPES[self.precision]
         shares = self.dist.world_size * cfg.accum_steps
         if cfg.batch_size % shares:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
@@ -321,6 +322,8 @@ class Trainer:
             + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:.3g} epochs"
             + f" | {self.device.type} {self.precision}, {self.workers} workers" + (" per process" if world > 1 else "")
         )
+        if cfg.precision == "auto":
+            console.info(f"precision {self.precision}: {self.precision_reason}")
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, path: Path | None = None) -> None:

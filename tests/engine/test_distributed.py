@@ -16,7 +16,8 @@ from tests.conftest import make_folder
 # so the two runs must agree up to float rounding; SGD so that the update is the gradient itself.
 SETTINGS = ["--arch", "test_vit", "--img-size", "32", "--out-dim", "64", "--local-crops-number", "2",
             "--drop-path-rate", "0", "--batch-size", "8", "--epochs", "1", "--optimizer", "sgd", "--momentum", "0",
-            "--lr", "0.5", "--warmup-epochs", "0", "--log-every", "1", "--workers", "0", "--device", "cpu"]
+            "--lr", "0.5", "--warmup-epochs", "0", "--log-every", "1", "--workers", "0", "--device", "cpu",
+            "--precision", "fp32"]
 
 
 def run(command: list[str], cwd) -> subprocess.CompletedProcess:

@@ -122,3 +122,18 @@ def test_evaluation_leaves_the_training_networks_in_training_mode(image_folder, 
 def test_online_knn_needs_both_folders(image_folder, tmp_path):
     with pytest.raises(UsageError, match="needs both --eval-train"):
         sslkit.pretrain("byol", image_folder, tmp_path / "run", eval_train=str(image_folder), **TINY_BYOL)
+
+
+def test_auto_precision_on_the_cpu_follows_the_bf16_probe_and_says_why(monkeypatch, image_folder, tmp_path, capsys):
+    from sslkit.engine import device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.2)
+    assert device.choose_precision("auto", cpu) == ("bf16", "bf16 matrix products run 3.2x faster than fp32 on this CPU")
+    assert device.resolve_precision("auto", cpu) == ("bf16", torch.bfloat16)
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.004)
+    assert device.choose_precision("auto", cpu) == (
+        "fp32", "this CPU has no fast bf16 (its matrix products run at 0.004x the fp32 speed)")
+    assert device.choose_precision("bf16", cpu) == ("bf16", "as asked")
+    sslkit.pretrain("byol", image_folder, tmp_path / "run", **dict(TINY_BYOL, precision="auto", epochs=1))
+    assert "precision fp32: this CPU has no fast bf16" in capsys.readouterr().err
