@@ -7,7 +7,8 @@ from rich.markup import escape
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
-# under torchrun every process runs the command; the first one (RANK 0) speaks for all
+# under torchrun every process runs the command; the first one (RANK 0) speaks for all (the same test as
+# engine.distributed.first_process, read here without importing torch)
 _OTHER_PROCESS = os.environ.get("RANK", "0") != "0"
 _quiet = _OTHER_PROCESS
 

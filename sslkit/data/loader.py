@@ -36,7 +36,7 @@ class EpochSampler(Sampler):
         order = torch.randperm(self.dataset_size, generator=generator)[: self.num_samples].tolist()
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
         for position in range(self.start, self.num_samples):
-            if self.world_size == 1 or (position // self.share) % self.world_size == self.rank:
+            if (position // self.share) % self.world_size == self.rank:
                 yield order[position], seeds[position]
 
 

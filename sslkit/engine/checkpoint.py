@@ -204,14 +204,20 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
 
 
 def sslkit_backbone(path: Path, metadata: dict[str, str], checkpoint_key: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """The key and tensors of the backbone ``checkpoint_key`` names in an sslkit checkpoint; a checkpoint with
-    one network (MAE's encoder, an export) gives that one, whatever the key."""
-    prefixes = json.loads(metadata.get("backbones", "{}"))
-    if len(prefixes) == 1:
-        checkpoint_key = next(iter(prefixes))
-    if checkpoint_key not in prefixes:
-        raise UsageError(f"{path} has no '{checkpoint_key}' backbone; it has: {', '.join(prefixes) or 'none'}")
-    return checkpoint_key, read_tensors(path, f"model.{prefixes[checkpoint_key]}.")
+    """The key and tensors of the backbone ``checkpoint_key`` names in an sslkit checkpoint."""
+    checkpoint_key, network = backbone_network(path, metadata, checkpoint_key)
+    return checkpoint_key, read_tensors(path, f"model.{network}.")
+
+
+def backbone_network(path: Path, metadata: dict[str, str], checkpoint_key: str) -> tuple[str, str]:
+    """The key and the network name (its ``model.<name>.`` prefix) of the backbone ``checkpoint_key`` names; a
+    checkpoint with one network (MAE's encoder, an export) gives that one, whatever the key."""
+    networks = json.loads(metadata.get("backbones", "{}"))
+    if len(networks) == 1:
+        checkpoint_key = next(iter(networks))
+    if checkpoint_key not in networks:
+        raise UsageError(f"{path} has no '{checkpoint_key}' backbone; it has: {', '.join(networks) or 'none'}")
+    return checkpoint_key, networks[checkpoint_key]
 
 
 def model_path(spec: str) -> Path:

@@ -28,6 +28,11 @@ class Context:
         return self.rank == 0
 
 
+def first_process() -> bool:
+    """Whether this is torchrun's rank 0 (or no torchrun at all), known before the process group is joined."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def context() -> Context:
     if dist.is_available() and dist.is_initialized():
         return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))

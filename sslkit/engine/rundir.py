@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from sslkit.engine import checkpoint as ckpt
+from sslkit.engine import checkpoint as ckpt, distributed
 from sslkit.errors import UsageError
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "curves.png")  # what a run writes
@@ -16,7 +16,7 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "curves.png")  # wha
 def check_new_run(out: Path, force: bool) -> None:
     """Refuse to start a run in a folder that already holds files, unless ``force``."""
     out = Path(out)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process checks (the others may see its files)
+    if not distributed.first_process():  # under torchrun the first process checks (the others may see its files)
         return
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")

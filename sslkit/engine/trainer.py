@@ -145,7 +145,8 @@ class Trainer:
 
     def _stopping(self, stop: dict) -> bool:
         """Whether to stop now: a signal in this process or, with torchrun, in any (all stop at the same step)."""
-        return distributed.any_process(bool(stop["signal"]), self.device)
+        signalled = bool(stop["signal"])
+        return distributed.any_process(signalled, self.device) if self.dist.enabled else signalled
 
     def _interrupt(self, stop: dict, message: str) -> None:
         self._write_curves()

@@ -48,11 +48,14 @@ def read_weights(spec: str, checkpoint_key: str = "teacher", arch: str | None = 
         state = foreign.backbone_state(ckpt.read_tensors(path), checkpoint_key, path)
         return Weights(path, arch or metadata.get("arch") or foreign.infer_arch(state, path), state, state, state,
                        licence=metadata.get("licence"))
-    _, chosen = ckpt.sslkit_backbone(path, metadata, checkpoint_key)
-    _, student = ckpt.sslkit_backbone(path, metadata, "student")
-    _, teacher = ckpt.sslkit_backbone(path, metadata, "teacher")
-    return Weights(path, arch or metadata["arch"], chosen, student, teacher, metadata["method"],
-                   ckpt.read_tensors(path, "model."), metadata.get("licence"))
+    model = ckpt.read_tensors(path, "model.")  # once: the backbones are slices of it
+
+    def backbone(key: str) -> dict[str, torch.Tensor]:
+        prefix = ckpt.backbone_network(path, metadata, key)[1] + "."
+        return {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+
+    return Weights(path, arch or metadata["arch"], backbone(checkpoint_key), backbone("student"),
+                   backbone("teacher"), metadata["method"], model, metadata.get("licence"))
 
 
 def _foreign_weights(path: Path, checkpoint_key: str, arch: str | None) -> Weights:
@@ -118,7 +121,8 @@ def warm_start(method: nn.Module, weights: Weights, allow_partial: bool = False)
 def load_backbone_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path, allow_partial: bool) -> None:
     """A backbone state dict into a run's backbone, a ViT's position embedding resampled to the run's grid."""
     own = module.state_dict()
-    if is_vit(module) and "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
+    if is_vit(module) and "pos_embed" in state and "pos_embed" in own and \
+            state["pos_embed"].shape != own["pos_embed"].shape:
         state = {**state, "pos_embed": resample_abs_pos_embed(
             state["pos_embed"], new_size=list(module.patch_embed.grid_size),
             num_prefix_tokens=module.num_prefix_tokens, verbose=False)}
