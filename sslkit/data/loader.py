@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -49,9 +50,18 @@ def default_workers() -> int:
 def _worker_init(_: int) -> None:
     # Ctrl-C goes to the whole process group, and schedulers (SLURM's scancel, Kubernetes) send SIGTERM to
     # every process of a job: only the main process handles them (it writes a checkpoint, then stops the
-    # workers). A worker whose main process dies exits on its own (PyTorch's watchdog).
+    # workers), so a worker ignores both. Except a SIGTERM from its own parent: that is the parent stopping it
+    # (multiprocessing does so at exit and waits for the worker, which would otherwise wait forever).
+    # A worker whose main process dies exits on its own (PyTorch's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_stop_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _stop_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(128 + signal.SIGTERM)
 
 
 def make_loader(
