@@ -54,7 +54,8 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they change how it runs, not what it computes.
 OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every", "eval_train", "eval_val",
-                      "eval_every", "eval_k", "force", "keep"}
+                      "eval_every", "eval_k", "force", "keep", "augment_on"}
+AUGMENT_ON = ("cpu", "device")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class BYOLConfig:
     projector_dim: int = 256
     predictor_hidden_dim: int = 4096
     tau_base: float | None = None  # None: the official preset for the run length
+    augment_on: str = "cpu"  # device: colour augmentations on the training device (sslkit.data.photometric)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class DINOConfig:
     local_crops_number: int = 8
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
     local_crop_size: int | None = None  # None: img_size x 96/224, a multiple of 16
+    augment_on: str = "cpu"
 
 
 @dataclass
@@ -408,6 +411,7 @@ def validate_finetune(options: FinetuneConfig) -> None:
 
 
 def validate_byol(options: BYOLConfig) -> None:
+    choice("augment_on", options.augment_on, AUGMENT_ON)
     for name in ("img_size", "projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
         _positive(name, getattr(options, name))
     if options.tau_base is not None and not 0 <= options.tau_base <= 1:
@@ -416,6 +420,7 @@ def validate_byol(options: BYOLConfig) -> None:
 
 def validate_dino(options: DINOConfig) -> None:
     choice("preset", options.preset, ("auto", "imagenet"))
+    choice("augment_on", options.augment_on, AUGMENT_ON)
     for name in ("img_size", "out_dim", "hidden_dim", "bottleneck_dim", "teacher_temp", "warmup_teacher_temp",
                  "student_temp", "local_crop_size"):
         _positive(name, getattr(options, name))

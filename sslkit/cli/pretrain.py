@@ -28,6 +28,7 @@ Momentum = Annotated[Optional[float], typer.Option(help="Momentum of SGD and LAR
 ClipGrad = Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this (0: off; default: the method's).", rich_help_panel=OPT)]
 AccumSteps = Annotated[Optional[int], typer.Option(help="Split each batch into this many passes (same result, less memory).", rich_help_panel=OPT)]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (faster on GPU after a slow first step).", rich_help_panel=HW)]
+AugmentOn = Annotated[Optional[str], typer.Option(help="Where the colour augmentations run: cpu (default), or device: jitter, grayscale, blur and solarization on the training GPU, per image, so the CPU workers only decode, crop and flip. For machines whose CPU cannot feed the GPU (watch data_wait in metrics.jsonl).", rich_help_panel=HW)]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of weights, data order and augmentation (default 0).", rich_help_panel=RUN)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=RUN)]
 ContinueFrom = Annotated[Optional[str], typer.Option(help="Start a new run from these weights: a run, an sslkit or timm .safetensors, an official DINO / MAE .pth, a Lightning .ckpt. Heads, centre and decoder come along when the file is this method's; --arch defaults to the file's. Not --resume (step 0, fresh schedules).", rich_help_panel=RUN)]
@@ -89,6 +90,7 @@ def byol(
     precision: Precision = None,
     workers: Workers = None,
     compile: Compile = None,
+    augment_on: AugmentOn = None,
     seed: Seed = None,
     resume: Resume = False,
     force: Force = False,
@@ -112,7 +114,8 @@ def byol(
         optimizer=optimizer, momentum=momentum, clip_grad=clip_grad, accum_steps=accum_steps, tau_base=tau_base,
         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
         predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers,
-        compile=compile, seed=seed, save_every=save_every, log_every=log_every, force=force or None, keep=keep,
+        compile=compile, augment_on=augment_on, seed=seed, save_every=save_every, log_every=log_every,
+        force=force or None, keep=keep,
         eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
     _run("byol", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
@@ -189,6 +192,7 @@ def dino(
     precision: Precision = None,
     workers: Workers = None,
     compile: Compile = None,
+    augment_on: AugmentOn = None,
     seed: Seed = None,
     resume: Resume = False,
     force: Force = False,
@@ -214,7 +218,8 @@ def dino(
         warmup_teacher_temp=warmup_teacher_temp, warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
         freeze_last_layer=freeze_last_layer, drop_path_rate=drop_path_rate, global_crops_scale=global_crops_scale,
         local_crops_number=local_crops_number, local_crops_scale=local_crops_scale, local_crop_size=local_crop_size,
-        device=device, precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every,
+        device=device, precision=precision, workers=workers, compile=compile, augment_on=augment_on, seed=seed,
+        save_every=save_every,
         log_every=log_every, force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val),
         eval_every=eval_every, eval_k=eval_k,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torchvision.transforms.v2 as v2
 
+from sslkit.data.photometric import DrawPhotometric
+
 BICUBIC = v2.InterpolationMode.BICUBIC
 
 
@@ -18,32 +20,38 @@ def blur_kernel_size(img_size: int) -> int:
 
 
 def augmented_view(
-    size: int, scale: tuple[float, float], blur_p: float, solarize_p: float, resolution: float | None = None
+    size: int, scale: tuple[float, float], blur_p: float, solarize_p: float, resolution: float | None = None,
+    on_device: bool = False,
 ) -> v2.Compose:
     """BYOL's and DINO's view: random resized crop, flip, colour jitter, grayscale, blur, solarize.
 
     The blur's sigma range (0.1, 2.0) px and kernel (23 px) are defined at ImageNet resolution; they scale
     with ``resolution`` (image side / 224, default ``size / 224``), so small images are blurred as much
     relative to their content as ImageNet images are. DINO's local crops pass the global crops' resolution.
+    With ``on_device`` the view stops after the flip and carries the colour operations' random parameters,
+    for the training device to apply (sslkit.data.photometric).
     """
     resolution = size / 224 if resolution is None else resolution
+    geometry = [v2.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC, antialias=True), v2.RandomHorizontalFlip()]
+    kernel, sigma = blur_kernel_size(224 * resolution), (0.1 * resolution, 2.0 * resolution)
+    if on_device:
+        return v2.Compose([*geometry, v2.PILToTensor(), DrawPhotometric(blur_p, solarize_p, kernel, sigma)])
     return v2.Compose(
         [
-            v2.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
+            *geometry,
             # colour ops are cheaper on PIL images; the rest is done on uint8 tensors
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             v2.RandomGrayscale(p=0.2),
             v2.PILToTensor(),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(224 * resolution), (0.1 * resolution, 2.0 * resolution))], p=blur_p),
+            v2.RandomApply([v2.GaussianBlur(kernel, sigma)], p=blur_p),
             v2.RandomSolarize(threshold=128, p=solarize_p),
         ]
     )
 
 
-def byol_view(img_size: int, blur_p: float, solarize_p: float) -> v2.Compose:
+def byol_view(img_size: int, blur_p: float, solarize_p: float, on_device: bool = False) -> v2.Compose:
     """One of BYOL's two view distributions (Grill et al. 2020, Table 6)."""
-    return augmented_view(img_size, (0.08, 1.0), blur_p, solarize_p)
+    return augmented_view(img_size, (0.08, 1.0), blur_p, solarize_p, on_device=on_device)
 
 
 class TwoViews:
@@ -56,9 +64,10 @@ class TwoViews:
         return self.first(image), self.second(image)
 
 
-def byol_views(img_size: int) -> TwoViews:
+def byol_views(img_size: int, on_device: bool = False) -> TwoViews:
     """T: blur always, never solarize; T': blur with p 0.1, solarize with p 0.2."""
-    return TwoViews(byol_view(img_size, blur_p=1.0, solarize_p=0.0), byol_view(img_size, blur_p=0.1, solarize_p=0.2))
+    return TwoViews(byol_view(img_size, blur_p=1.0, solarize_p=0.0, on_device=on_device),
+                    byol_view(img_size, blur_p=0.1, solarize_p=0.2, on_device=on_device))
 
 
 def local_crop_size(img_size: int) -> int:
@@ -74,12 +83,13 @@ class MultiCrop:
     """
 
     def __init__(self, img_size: int, global_scale: tuple[float, float], local_number: int,
-                 local_scale: tuple[float, float], local_size: int | None = None):
+                 local_scale: tuple[float, float], local_size: int | None = None, on_device: bool = False):
         resolution = img_size / 224
         self.local_size = local_size or local_crop_size(img_size)
-        self.global1 = augmented_view(img_size, global_scale, blur_p=1.0, solarize_p=0.0)
-        self.global2 = augmented_view(img_size, global_scale, blur_p=0.1, solarize_p=0.2)
-        self.local = augmented_view(self.local_size, local_scale, blur_p=0.5, solarize_p=0.0, resolution=resolution)
+        self.global1 = augmented_view(img_size, global_scale, blur_p=1.0, solarize_p=0.0, on_device=on_device)
+        self.global2 = augmented_view(img_size, global_scale, blur_p=0.1, solarize_p=0.2, on_device=on_device)
+        self.local = augmented_view(self.local_size, local_scale, blur_p=0.5, solarize_p=0.0, resolution=resolution,
+                                    on_device=on_device)
         self.local_number = local_number
 
     def __call__(self, image) -> list:

@@ -14,6 +14,7 @@ import signal
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from sslkit import console
 from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
+from sslkit.data.photometric import apply_photometric, finish_views
 from sslkit.engine import checkpoint as ckpt, distributed, rundir
-from sslkit.engine.device import DTYPES, choose_precision, resolve_device, to_device
+from sslkit.engine.device import DTYPES, choose_precision, resolve_device
 from sslkit.engine.method import Method, Progress, StepOutput
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
@@ -98,6 +100,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
+        # views that carry their colour augmentation's parameters (--augment-on device) get it here
+        photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
+        self.to_device = partial(finish_views, device=self.device, apply=photometric)
         self.ddp = None  # with torchrun: the step wrapped so that backward all-reduces the gradients
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
@@ -164,7 +169,7 @@ class Trainer:
             if micro % self.cfg.accum_steps == 0:
                 self.method.start_step(progress)
             last_pass = (micro + 1) % self.cfg.accum_steps == 0
-            out = self._forward_backward(to_device(batch, self.device), last_pass)
+            out = self._forward_backward(self.to_device(batch), last_pass)
             window.loss += out.loss.detach() / self.cfg.accum_steps
             for name, value in out.logs.items():
                 window.logs[name] = window.logs.get(name, 0) + value.detach() / self.cfg.accum_steps

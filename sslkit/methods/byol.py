@@ -81,7 +81,7 @@ class BYOL(nn.Module):
 
     @property
     def train_transform(self):
-        return byol_views(self.options.img_size)
+        return byol_views(self.options.img_size, on_device=self.options.augment_on == "device")
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)

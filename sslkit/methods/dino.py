@@ -155,7 +155,8 @@ class DINO(nn.Module):
     @property
     def train_transform(self) -> MultiCrop:
         o = self.options
-        return MultiCrop(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, self.local_size)
+        return MultiCrop(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, self.local_size,
+                         on_device=o.augment_on == "device")
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)

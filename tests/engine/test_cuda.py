@@ -75,3 +75,19 @@ def test_reconstruct_masks_the_same_patches_on_gpu_and_cpu(image_folder, tmp_pat
                for device in ("cpu", "cuda")]
     for cpu, gpu in zip(results[0]["images"], results[1]["images"]):
         assert gpu["masked_mse"] == pytest.approx(cpu["masked_mse"], rel=1e-3)
+
+
+def test_colour_augmentations_on_the_gpu_match_the_cpu_and_train(image_folder, tmp_path):
+    from sslkit.data import photometric as ph
+
+    torch.manual_seed(0)
+    uint8 = torch.randint(0, 256, (16, 3, 48, 48), dtype=torch.uint8)
+    draw = ph.DrawPhotometric(blur_p=0.5, solarize_p=0.2, kernel_size=5, sigma=(0.1, 2.0))
+    params = torch.stack([draw(image).params for image in uint8])
+    cpu = ph.apply_photometric(uint8, params, 5)
+    gpu = ph.apply_photometric(uint8.cuda(), params.cuda(), 5).cpu()
+    assert (cpu.int() - gpu.int()).abs().max() <= 1
+    run = tmp_path / "dino"
+    sslkit.pretrain("dino", image_folder, run, **TINY["dino"], device="cuda", epochs=1, log_every=1,
+                    augment_on="device")
+    assert all(np.isfinite(r["loss"]) for r in records(run) if "loss" in r)

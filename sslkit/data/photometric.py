@@ -1,0 +1,167 @@
+"""BYOL's and DINO's colour augmentations on the training device (``--augment-on device``).
+
+The CPU workers then only decode, crop and flip; each view also carries its random parameters, drawn there
+from the sample's seed like every other augmentation (``DrawPhotometric``). The device applies them to the
+whole uint8 batch at once, each image with its own parameters (``finish_views``): colour jitter (in a random
+order per image, as torchvision's ColorJitter), grayscale, Gaussian blur and solarization. Each operation
+equals torchvision's on float images (tested); only the rounding to uint8 happens once instead of per
+operation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from sslkit.engine.device import to_device
+
+# one row of parameters per image: the four jitter factors, the order of the four jitter operations (each
+# applied at its position, the others then neutral), grayscale, blur sigma (0: none), blur kernel, solarize
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+ORDER = slice(4, 8)
+GRAY, SIGMA, KERNEL, SOLARIZE = range(8, 12)
+NUM_PARAMS = 12
+NEUTRAL = (1.0, 1.0, 1.0, 0.0)  # factors that leave an image unchanged
+
+
+class DeviceView(NamedTuple):
+    """A cropped and flipped uint8 view and the colour parameters still to apply to it on the device."""
+
+    image: torch.Tensor
+    params: torch.Tensor
+
+
+class DrawPhotometric:
+    """The CPU half: draws what torchvision's ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, RandomGrayscale(0.2),
+    GaussianBlur with p ``blur_p`` and RandomSolarize(128) with p ``solarize_p`` would, and returns the view
+    with those parameters instead of applying them."""
+
+    def __init__(self, blur_p: float, solarize_p: float, kernel_size: int, sigma: tuple[float, float]):
+        self.blur_p, self.solarize_p, self.kernel_size, self.sigma = blur_p, solarize_p, kernel_size, sigma
+
+    def __call__(self, image: torch.Tensor) -> DeviceView:
+        params = torch.zeros(NUM_PARAMS)
+        params[:4] = torch.tensor(NEUTRAL)
+        params[ORDER] = torch.arange(4.0)
+        if torch.rand(()) < 0.8:
+            params[BRIGHTNESS] = _uniform(0.6, 1.4)
+            params[CONTRAST] = _uniform(0.6, 1.4)
+            params[SATURATION] = _uniform(0.8, 1.2)
+            params[HUE] = _uniform(-0.1, 0.1)
+            params[ORDER] = torch.randperm(4).float()
+        params[GRAY] = float(torch.rand(()) < 0.2)
+        if torch.rand(()) < self.blur_p:
+            params[SIGMA] = _uniform(*self.sigma)
+        params[KERNEL] = self.kernel_size
+        params[SOLARIZE] = float(torch.rand(()) < self.solarize_p)
+        return DeviceView(image, params)
+
+
+def _uniform(low: float, high: float) -> float:
+    return float(torch.empty(()).uniform_(low, high))
+
+
+def finish_views(batch, device: torch.device, apply=None):
+    """``batch`` on ``device``, each ``DeviceView`` in it replaced by its augmented uint8 images."""
+    apply = apply or apply_photometric
+    if isinstance(batch, DeviceView):
+        kernel = int(batch.params[0, KERNEL])  # read on the CPU, before the transfer: no device sync
+        images, params = to_device(batch.image, device), to_device(batch.params, device)
+        with torch.no_grad():
+            return apply(images, params, kernel)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(finish_views(item, device, apply) for item in batch)
+    return to_device(batch, device)
+
+
+def apply_photometric(images: torch.Tensor, params: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """uint8 (B, 3, H, W) images and their (B, NUM_PARAMS) parameters -> augmented uint8 images."""
+    x = images.float() / 255
+    factors = params[:, :4]
+    order = params[:, ORDER]
+    for position in range(4):
+        chosen = order[:, position : position + 1] == torch.arange(4, device=x.device)  # (B, 4): this step's op
+        step = torch.where(chosen, factors, factors.new_tensor(NEUTRAL))
+        x = adjust_brightness(x, step[:, BRIGHTNESS])
+        x = adjust_contrast(x, step[:, CONTRAST])
+        x = adjust_saturation(x, step[:, SATURATION])
+        x = adjust_hue(x, step[:, HUE])
+    x = torch.where(_per_image(params[:, GRAY]) > 0, grayscale(x).expand_as(x), x)
+    x = gaussian_blur(x, params[:, SIGMA], kernel_size)
+    x = torch.where((_per_image(params[:, SOLARIZE]) > 0) & (x >= 128 / 255), 1 - x, x)
+    return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _per_image(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, (B, 1, H, W)."""
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    factor = _per_image(factor)
+    return (factor * x + (1 - factor) * other).clamp_(0, 1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * _per_image(factor)).clamp_(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x), factor)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) through HSV."""
+    r, g, b = x.unbind(1)
+    value, _ = x.max(1)
+    low, _ = x.min(1)
+    chroma = value - low
+    grey = chroma == 0
+    saturation = chroma / torch.where(grey, torch.ones_like(value), value)
+    safe_chroma = torch.where(grey, torch.ones_like(chroma), chroma)
+    rc, gc, bc = (value - r) / safe_chroma, (value - g) / safe_chroma, (value - b) / safe_chroma
+    is_r = value == r
+    is_g = (value == g) & ~is_r
+    hue = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(grey, torch.zeros_like(hue), hue)
+    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
+    # back to RGB: sector i of the hue circle and the position f inside it
+    sector = torch.floor(hue * 6.0)
+    f = hue * 6.0 - sector
+    sector = sector.long() % 6
+    p = (value * (1 - saturation)).clamp(0, 1)
+    q = (value * (1 - saturation * f)).clamp(0, 1)
+    t = (value * (1 - saturation * (1 - f))).clamp(0, 1)
+    table = torch.stack([
+        torch.stack([value, q, p, p, t, value], 1),
+        torch.stack([t, value, value, q, p, p], 1),
+        torch.stack([p, p, t, value, value, q], 1),
+    ], 1)  # (B, 3 channels, 6 sectors, H, W)
+    return table.gather(2, sector.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)).squeeze(2)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with each image's own sigma (0: unchanged), reflect padding, as torchvision."""
+    batch, channels, height, width = x.shape
+    radius = kernel_size // 2
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma)).view(-1, 1)
+    weights = torch.exp(-0.5 * (offsets / safe_sigma) ** 2)
+    weights = torch.where(sigma.view(-1, 1) > 0, weights, (offsets == 0).to(x.dtype))  # identity kernel
+    weights = (weights / weights.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # (B*C, k)
+    planes = x.reshape(1, batch * channels, height, width)
+    planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, weights.view(-1, 1, kernel_size, 1), groups=batch * channels)
+    planes = F.conv2d(planes, weights.view(-1, 1, 1, kernel_size), groups=batch * channels)
+    return planes.view(batch, channels, height, width)
