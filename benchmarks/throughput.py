@@ -8,6 +8,11 @@ Each repeat is a fresh one-epoch run through the real engine (loader, workers, a
 on `--steps` batches: images from `--data` (symlinked, first files in order) or generated noise JPEGs. The
 images/s of every `--log-every` window after the first (warm-up) are collected; the script prints their
 median per repeat and the median over repeats, with the peak memory (CUDA: allocated; CPU: main-process RSS).
+
+It also counts the model FLOPs of one training step per image (forward and backward of every network the
+method runs: student, teacher, heads, decoder; PyTorch's FlopCounterMode, matrix products and convolutions)
+and prints the achieved TFLOP/s. On CUDA it divides by the GPU's dense bf16 peak (a table of common GPUs, or
+`--peak-tflops`) for the model FLOPs utilisation (MFU); on a CPU it does so when `--peak-tflops` is given.
 """
 
 from __future__ import annotations
@@ -21,8 +26,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import torch
+from torch.utils.data import default_collate
+from torch.utils.flop_counter import FlopCounterMode
+
 import sslkit
-from sslkit.data.folders import IMAGE_EXTENSIONS
+from sslkit import config as cfg
+from sslkit.data.folders import IMAGE_EXTENSIONS, ImageFolder
+from sslkit.methods import METHODS
+
+# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by a name fragment of the device
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "A10G": 70.0,
+                    "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
 
 
 def prepare_images(folder: Path, count: int, source: Path | None, size: int) -> None:
@@ -50,6 +65,26 @@ def one_run(args, data: Path, out: Path) -> tuple[float, float]:
     return statistics.median(windows), max(r["peak_mem_mb"] for r in records if "peak_mem_mb" in r)
 
 
+def flops_per_image(args, data: Path, images: int = 2) -> float:
+    """Model FLOPs of one training step (forward + backward) per image, counted on a batch of ``images``."""
+    spec = METHODS[args.method]
+    values = {"arch": args.arch, "img_size": args.img_size, "batch_size": args.batch_size, **dict(args.set)}
+    train, options = spec.resolve(cfg.build(cfg.TrainConfig, values), cfg.build(spec.config, values), len(list(data.iterdir())))
+    model = spec.build(options)
+    dataset = ImageFolder(data, model.train_transform)
+    batch = default_collate([dataset[(i, i)] for i in range(images)])
+    with FlopCounterMode(display=False) as counter:
+        model.training_step(batch).loss.backward()
+    return counter.get_total_flops() / images
+
+
+def peak_tflops(device: str | None, given: float | None) -> float | None:
+    if given or not torch.cuda.is_available() or device == "cpu":
+        return given
+    name = torch.cuda.get_device_name()
+    return next((peak for fragment, peak in PEAK_BF16_TFLOPS.items() if fragment in name), None)
+
+
 def setting(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     try:
@@ -73,6 +108,7 @@ def main() -> None:
     parser.add_argument("--precision")
     parser.add_argument("--optimizer")
     parser.add_argument("--compile", action="store_true", default=None)
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: looked up on CUDA)")
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help="any other pretrain setting, e.g. projector_hidden_dim=1024 (value read as JSON)")
     args = parser.parse_args()
@@ -80,12 +116,18 @@ def main() -> None:
         data = Path(tmp) / "images"
         prepare_images(data, args.steps * args.batch_size, args.data, int(args.img_size * 1.5))
         runs = [one_run(args, data, Path(tmp) / f"run{i}") for i in range(args.repeats)]
+        flops = flops_per_image(args, data)
     speeds = [speed for speed, _ in runs]
+    speed = statistics.median(speeds)
+    achieved = flops * speed / 1e12
+    peak = peak_tflops(args.device, args.peak_tflops)
     print(
         f"{args.method} {args.arch} {args.img_size}px batch {args.batch_size}: "
-        f"median {statistics.median(speeds):.1f} images/s over {args.repeats} runs "
+        f"median {speed:.1f} images/s over {args.repeats} runs "
         f"({', '.join(f'{s:.1f}' for s in speeds)}), peak memory {max(m for _, m in runs):.0f} MB"
     )
+    print(f"{flops / 1e9:.2f} GFLOP per image per step, {achieved:.3f} TFLOP/s achieved"
+          + (f", MFU {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s" if peak else ""))
 
 
 if __name__ == "__main__":
