@@ -73,3 +73,30 @@ def any_process(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if context().enabled:
         dist.barrier()
+
+
+def gather_strided(rows: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """All ``total`` rows, in order, on the CPU of every process, from each process's share: the rows
+    ``rank``, ``rank + world_size``, ``rank + 2 world_size``, ... (``shard_indices``)."""
+    ctx = context()
+    if not ctx.enabled:
+        return rows
+    per_process = -(-total // ctx.world_size)
+    padded = rows.new_zeros((per_process, *rows.shape[1:]))  # all_gather needs equal sizes
+    padded[: len(rows)] = rows
+    padded = padded.to(device)  # NCCL gathers GPU tensors only
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return interleave([part.cpu() for part in parts], total)
+
+
+def shard_indices(total: int) -> range:
+    """This process's share of ``total`` items: every world_size-th, from its rank."""
+    ctx = context()
+    return range(ctx.rank, total, ctx.world_size)
+
+
+def interleave(parts: list[torch.Tensor], total: int) -> torch.Tensor:
+    """Rows ``p`` of the parts of processes ``0..W-1`` are items ``p W .. p W + W - 1``."""
+    stacked = torch.stack(parts, 1)
+    return stacked.reshape(-1, *stacked.shape[2:])[:total]

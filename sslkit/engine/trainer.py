@@ -53,12 +53,15 @@ class Evaluation:
     """Scores computed after every ``every`` epochs and after the last: online k-NN, a probe's val accuracy.
 
     ``score`` runs with the model in eval mode and without gradients. With ``best`` (a key of the scores),
-    ``checkpoints/best.safetensors`` keeps the state at which that score was highest.
+    ``checkpoints/best.safetensors`` keeps the state at which that score was highest. With torchrun, a
+    ``sharded`` score runs in every process (it shares out the work and returns the same scores in all);
+    otherwise the first process scores while the others wait.
     """
 
     score: Callable[[], dict[str, float]]
     every: int = 1
     best: str | None = None
+    sharded: bool = False
 
 
 class Trainer:
@@ -205,7 +208,7 @@ class Trainer:
         evaluation = self.evaluation
         if evaluation is None or ((epoch + 1) % evaluation.every and epoch + 1 != self.cfg.epochs):
             return False
-        if not self.is_main:  # with torchrun the first process evaluates, the others wait for it
+        if not self.is_main and not evaluation.sharded:  # the first process evaluates, the others wait for it
             distributed.barrier()
             return False
         try:

@@ -18,10 +18,11 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from sslkit import console
 from sslkit.data.loader import make_loader
+from sslkit.engine import distributed
 from sslkit.models.backbones import FeatureExtractor, FeatureRecipe
 
 CACHE_ENV = "SSLKIT_CACHE_DIR"
@@ -43,12 +44,19 @@ def extract_features(
     recipe: FeatureRecipe | None = None,
     show_progress: bool = True,
     freeze: bool = True,
+    shard: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 features (on the CPU, N x D, not normalised) and labels of every image of ``dataset``, in order.
 
     ``freeze`` puts the backbone in eval mode without gradients for good; False leaves a network that is still
-    training as it is (the caller switches it to eval mode for the duration).
+    training as it is (the caller switches it to eval mode for the duration). With ``shard`` and torchrun,
+    every process (each must call this) runs its share of the images and all get the whole result.
     """
+    total = len(dataset)
+    if shard and distributed.context().enabled and total >= distributed.context().world_size:
+        own, own_labels = extract_features(backbone, Subset(dataset, distributed.shard_indices(total)), batch_size,
+                                           workers, device, amp_dtype, label, recipe, show_progress, freeze)
+        return distributed.gather_strided(own, total, device), distributed.gather_strided(own_labels, total, device)
     extractor = FeatureExtractor(backbone, recipe, freeze).to(device)
     loader = make_loader(dataset, batch_size, workers, device, shuffle=False)
     features, labels, filled = None, torch.empty(len(dataset), dtype=torch.long), 0

@@ -33,11 +33,11 @@ def online_knn(method: nn.Module, memory_dir: str, query_dir: str, img_size: int
     def score() -> dict[str, float]:
         device = next(method.parameters()).device
         extract = dict(batch_size=256, workers=workers, device=device, amp_dtype=amp_dtype, show_progress=False,
-                       freeze=False)
+                       freeze=False, shard=True)
         memory_features, memory_labels = extract_features(backbone, memory, label="k-NN memory", **extract)
         query_features, _ = extract_features(backbone, queries, label="k-NN queries", **extract)
         result = knn_classify(F.normalize(memory_features, dim=1), memory_labels, F.normalize(query_features, dim=1),
                               query_labels, [k], TEMPERATURE, len(memory.classes), device)[k]
         return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
 
-    return Evaluation(score, every=every)
+    return Evaluation(score, every=every, sharded=True)

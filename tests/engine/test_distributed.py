@@ -9,7 +9,7 @@ import sys
 import torch
 
 from sslkit.engine import checkpoint as ckpt
-from sslkit.engine.distributed import context
+from sslkit.engine.distributed import context, interleave
 from tests.conftest import make_folder
 
 # DINO on a tiny ViT without drop path: no BatchNorm (SyncBatchNorm needs CUDA) and no per-process randomness,
@@ -30,15 +30,19 @@ def run(command: list[str], cwd) -> subprocess.CompletedProcess:
 
 def test_two_processes_at_half_the_batch_take_the_step_one_process_takes(tmp_path):
     images = make_folder(tmp_path / "images", classes=1, per_class=16, size=40, labelled=False)
-    run([sys.executable, "-m", "sslkit", "pretrain", "dino", str(images), "--out", str(tmp_path / "one"), *SETTINGS],
+    # online k-NN: 2 x 5 memory and 2 x 3 query images, odd counts so that the two processes' shares differ
+    memory, queries = make_folder(tmp_path / "memory", per_class=5, seed=1), make_folder(tmp_path / "q", per_class=3, seed=2)
+    settings = [*SETTINGS, "--eval-train", str(memory), "--eval-val", str(queries), "--eval-k", "3"]
+    run([sys.executable, "-m", "sslkit", "pretrain", "dino", str(images), "--out", str(tmp_path / "one"), *settings],
         tmp_path)
     result = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                  "-m", "sslkit", "pretrain", "dino", str(images), "--out", str(tmp_path / "two"), *SETTINGS], tmp_path)
+                  "-m", "sslkit", "pretrain", "dino", str(images), "--out", str(tmp_path / "two"), *settings], tmp_path)
     assert "= 2 processes x 4" in result.stderr  # said once: the second process is quiet
     assert result.stderr.count("steps/epoch") == 1
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 2]  # one log, not one per process
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 2, 2]  # one log, not one per process
+    assert one[-1]["knn_top1"] == two[-1]["knn_top1"] and one[-1]["knn_top5"] == two[-1]["knn_top5"]
     for a, b in zip(one, two):
         for key in ("loss", "teacher_entropy", "kl", "epoch_loss"):
             if key in a:
@@ -51,6 +55,12 @@ def test_two_processes_at_half_the_batch_take_the_step_one_process_takes(tmp_pat
     for name, value in single.items():
         assert torch.allclose(value, double[name], rtol=1e-4, atol=1e-6), name
     assert ckpt.read_metadata(tmp_path / "two" / "checkpoints" / "last.safetensors")["step"] == "2"
+
+
+def test_shares_gathered_from_the_processes_are_the_items_in_order():
+    items = torch.arange(7.0)
+    parts = [torch.cat([items[rank::3], torch.zeros(3 - len(items[rank::3]))]) for rank in range(3)]  # padded
+    assert torch.equal(interleave(parts, 7), items)
 
 
 def test_without_torchrun_there_is_no_process_group():
