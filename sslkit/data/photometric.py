@@ -81,9 +81,11 @@ def apply_photometric(images: torch.Tensor, params: torch.Tensor, kernel_size: i
     x = images.float() / 255
     factors = params[:, :4]
     order = params[:, ORDER]
+    neutral = torch.ones_like(factors)  # made on the device: no host-to-device copy per batch
+    neutral[:, HUE] = 0
     for position in range(4):
         chosen = order[:, position : position + 1] == torch.arange(4, device=x.device)  # (B, 4): this step's op
-        step = torch.where(chosen, factors, factors.new_tensor(NEUTRAL))
+        step = torch.where(chosen, factors, neutral)
         x = adjust_brightness(x, step[:, BRIGHTNESS])
         x = adjust_contrast(x, step[:, CONTRAST])
         x = adjust_saturation(x, step[:, SATURATION])

@@ -102,7 +102,10 @@ def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
     batch = student_logits.shape[1]
     cross = -torch.einsum("tbk,vbk->tv", log_teacher.exp(), log_student) / batch  # (G, V) mean CE per pair
     same_view = torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)
-    return cross[~same_view].mean(), log_teacher
+    pairs = cross.numel() - min(cross.shape)
+    # a sum over the kept pairs, not cross[~same_view]: boolean indexing has a data-dependent shape, which
+    # torch.compile cannot capture in one graph
+    return cross.masked_fill(same_view, 0).sum() / pairs, log_teacher
 
 
 @torch.no_grad()
