@@ -124,33 +124,24 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) through HSV."""
+    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]), keeping HSV's value and saturation."""
     r, g, b = x.unbind(1)
     value, _ = x.max(1)
-    low, _ = x.min(1)
-    chroma = value - low
-    grey = chroma == 0
-    saturation = chroma / torch.where(grey, torch.ones_like(value), value)
-    safe_chroma = torch.where(grey, torch.ones_like(chroma), chroma)
+    chroma = value - x.min(1).values
+    safe_chroma = torch.where(chroma == 0, torch.ones_like(chroma), chroma)  # grey: any hue, chroma 0
     rc, gc, bc = (value - r) / safe_chroma, (value - g) / safe_chroma, (value - b) / safe_chroma
     is_r = value == r
     is_g = (value == g) & ~is_r
-    hue = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.where(grey, torch.zeros_like(hue), hue)
-    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
-    # back to RGB: sector i of the hue circle and the position f inside it
-    sector = torch.floor(hue * 6.0)
-    f = hue * 6.0 - sector
-    sector = sector.long() % 6
-    p = (value * (1 - saturation)).clamp(0, 1)
-    q = (value * (1 - saturation * f)).clamp(0, 1)
-    t = (value * (1 - saturation * (1 - f))).clamp(0, 1)
-    table = torch.stack([
-        torch.stack([value, q, p, p, t, value], 1),
-        torch.stack([t, value, value, q, p, p], 1),
-        torch.stack([p, p, t, value, value, q], 1),
-    ], 1)  # (B, 3 channels, 6 sectors, H, W)
-    return table.gather(2, sector.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)).squeeze(2)
+    hue = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))  # in sixths of a turn
+    hue = hue + 6.0 * shift.view(-1, 1, 1)
+
+    def channel(offset: float) -> torch.Tensor:
+        # HSV to RGB in closed form: each channel is the value, less the chroma where the hue is far from
+        # that channel's own (red 0, green 2, blue 4 sixths), without the six-sector lookup table
+        k = torch.remainder(offset + hue, 6.0)
+        return value - chroma * torch.minimum(k, 4.0 - k).clamp(0, 1)
+
+    return torch.stack([channel(5.0), channel(3.0), channel(1.0)], 1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
