@@ -24,7 +24,7 @@ What it measures
     0.4), bicubic RandomResizedCrop, flip 0.5, color jitter p=0.8 strength
     0.5, grayscale 0.2, Gaussian blur probabilities (1.0, 0.1, 0.5) for
     (global 0, global 1, locals) with sigmas (0.1, 2), solarization 0.2 on
-    global view 1 only, ImageNet normalization. Unlike peers.py (BYOL) blur is
+    global view 1 only, ImageNet normalization. Unlike peers_byol.py blur is
     left on, since lightly's DINO example does not turn it off.
 
     Notes: DINOLoss's defaults warmup_teacher_temp = teacher_temp = 0.04, so
