@@ -89,7 +89,8 @@ def main() -> None:
                     speeds = [speed for speed, _ in runs]
                     on_device = f"{1000 * device_seconds(runs[0][1], device):.1f}" if place == "device" else "-"
                     shown = ", ".join(f"{s:.0f}" for s in speeds)
-                    print(f"{method:6} {place:10} {workers:7d} {statistics.median(speeds):9.0f}  ({shown:16}) {on_device}")
+                    median = statistics.median(speeds)
+                    print(f"{method:6} {place:10} {workers:7d} {median:9.0f}  ({shown:16}) {on_device}")
 
 
 if __name__ == "__main__":

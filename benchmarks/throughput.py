@@ -69,7 +69,8 @@ def flops_per_image(args, data: Path, images: int = 2) -> float:
     """Model FLOPs of one training step (forward + backward) per image, counted on a batch of ``images``."""
     spec = METHODS[args.method]
     values = {"arch": args.arch, "img_size": args.img_size, "batch_size": args.batch_size, **dict(args.set)}
-    train, options = spec.resolve(cfg.build(cfg.TrainConfig, values), cfg.build(spec.config, values), len(list(data.iterdir())))
+    images_in_data = len(list(data.iterdir()))
+    _, options = spec.resolve(cfg.build(cfg.TrainConfig, values), cfg.build(spec.config, values), images_in_data)
     model = spec.build(options)
     dataset = ImageFolder(data, model.train_transform)
     batch = default_collate([dataset[(i, i)] for i in range(images)])
@@ -108,7 +109,8 @@ def main() -> None:
     parser.add_argument("--precision")
     parser.add_argument("--optimizer")
     parser.add_argument("--compile", action="store_true", default=None)
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: looked up on CUDA)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s for MFU (default: looked up on CUDA)")
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help="any other pretrain setting, e.g. projector_hidden_dim=1024 (value read as JSON)")
     args = parser.parse_args()

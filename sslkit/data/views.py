@@ -32,7 +32,8 @@ def augmented_view(
     for the training device to apply (sslkit.data.photometric).
     """
     resolution = size / 224 if resolution is None else resolution
-    geometry = [v2.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC, antialias=True), v2.RandomHorizontalFlip()]
+    geometry = [v2.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC, antialias=True),
+                v2.RandomHorizontalFlip()]
     kernel, sigma = blur_kernel_size(224 * resolution), (0.1 * resolution, 2.0 * resolution)
     if on_device:
         return v2.Compose([*geometry, v2.PILToTensor(), DrawPhotometric(blur_p, solarize_p, kernel, sigma)])

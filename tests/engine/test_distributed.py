@@ -31,7 +31,8 @@ def run(command: list[str], cwd) -> subprocess.CompletedProcess:
 def test_two_processes_at_half_the_batch_take_the_step_one_process_takes(tmp_path):
     images = make_folder(tmp_path / "images", classes=1, per_class=16, size=40, labelled=False)
     # online k-NN: 2 x 5 memory and 2 x 3 query images, odd counts so that the two processes' shares differ
-    memory, queries = make_folder(tmp_path / "memory", per_class=5, seed=1), make_folder(tmp_path / "q", per_class=3, seed=2)
+    memory = make_folder(tmp_path / "memory", per_class=5, seed=1)
+    queries = make_folder(tmp_path / "queries", per_class=3, seed=2)
     settings = [*SETTINGS, "--eval-train", str(memory), "--eval-val", str(queries), "--eval-k", "3"]
     run([sys.executable, "-m", "sslkit", "pretrain", "dino", str(images), "--out", str(tmp_path / "one"), *settings],
         tmp_path)
