@@ -7,7 +7,8 @@
 Each repeat is a fresh one-epoch run through the real engine (loader, workers, augmentation, optimizer, EMA)
 on `--steps` batches: images from `--data` (symlinked, first files in order) or generated noise JPEGs. The
 images/s of every `--log-every` window after the first (warm-up) are collected; the script prints their
-median per repeat and the median over repeats, with the peak memory (CUDA: allocated; CPU: main-process RSS).
+median per repeat and the median over repeats, with the peak memory (CUDA: allocated; CPU: main-process RSS)
+and the share of time the step waited for the loader (near 0: the data pipeline keeps up).
 
 It also counts the model FLOPs of one training step per image (forward and backward of every network the
 method runs: student, teacher, heads, decoder; PyTorch's FlopCounterMode, matrix products and convolutions)
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -54,15 +56,16 @@ def prepare_images(folder: Path, count: int, source: Path | None, size: int) -> 
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.jpg")
 
 
-def one_run(args, data: Path, out: Path) -> tuple[float, float]:
+def one_run(args, data: Path, out: Path) -> tuple[float, float, float]:
     settings = dict(arch=args.arch, img_size=args.img_size, batch_size=args.batch_size, epochs=1,
                     workers=args.workers, device=args.device, precision=args.precision, log_every=args.log_every,
                     compile=args.compile, optimizer=args.optimizer)
     settings.update(args.set)
     sslkit.pretrain(args.method, data, out, **{k: v for k, v in settings.items() if v is not None})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    windows = [r["img_per_s"] for r in records if "loss" in r][1:]
-    return statistics.median(windows), max(r["peak_mem_mb"] for r in records if "peak_mem_mb" in r)
+    windows = [r for r in records if "loss" in r][1:]
+    return (statistics.median(r["img_per_s"] for r in windows), max(r["peak_mem_mb"] for r in windows),
+            statistics.median(r["data_wait"] for r in windows))
 
 
 def flops_per_image(args, data: Path, images: int = 2) -> float:
@@ -74,7 +77,8 @@ def flops_per_image(args, data: Path, images: int = 2) -> float:
     model = spec.build(options)
     dataset = ImageFolder(data, model.train_transform)
     batch = default_collate([dataset[(i, i)] for i in range(images)])
-    with FlopCounterMode(display=False) as counter:
+    # the math attention: PyTorch's fused CPU attention kernel escapes the counter, its matrix products do not
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model.training_step(batch).loss.backward()
     return counter.get_total_flops() / images
 
@@ -119,14 +123,15 @@ def main() -> None:
         prepare_images(data, args.steps * args.batch_size, args.data, int(args.img_size * 1.5))
         runs = [one_run(args, data, Path(tmp) / f"run{i}") for i in range(args.repeats)]
         flops = flops_per_image(args, data)
-    speeds = [speed for speed, _ in runs]
+    speeds = [speed for speed, _, _ in runs]
     speed = statistics.median(speeds)
     achieved = flops * speed / 1e12
     peak = peak_tflops(args.device, args.peak_tflops)
     print(
         f"{args.method} {args.arch} {args.img_size}px batch {args.batch_size}: "
         f"median {speed:.1f} images/s over {args.repeats} runs "
-        f"({', '.join(f'{s:.1f}' for s in speeds)}), peak memory {max(m for _, m in runs):.0f} MB"
+        f"({', '.join(f'{s:.1f}' for s in speeds)}), peak memory {max(m for _, m, _ in runs):.0f} MB, "
+        f"waiting for data {100 * statistics.median(w for _, _, w in runs):.0f}% of the time"
     )
     print(f"{flops / 1e9:.2f} GFLOP per image per step, {achieved:.3f} TFLOP/s achieved"
           + (f", MFU {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s" if peak else ""))
