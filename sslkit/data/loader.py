@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import threading
+import time
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -47,21 +51,38 @@ def default_workers() -> int:
     return max(1, min(8, cores - 1))
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(main_exiting, _: int) -> None:
     # Ctrl-C goes to the whole process group, and schedulers (SLURM's scancel, Kubernetes) send SIGTERM to
     # every process of a job: only the main process handles them (it writes a checkpoint, then stops the
-    # workers), so a worker ignores both. Except a SIGTERM from its own parent: that is the parent stopping it
-    # (multiprocessing does so at exit and waits for the worker, which would otherwise wait forever).
+    # workers), so a worker ignores both. It stops instead when the main process exits: multiprocessing then
+    # stops its children with SIGTERM and waits for them, which would wait forever on a worker ignoring it.
     # A worker whose main process dies exits on its own (PyTorch's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_stop_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(main_exiting,), daemon=True).start()
 
 
-def _stop_on_sigterm_from(parent: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(128 + signal.SIGTERM)
+def _exit_with(main_exiting) -> None:
+    while not main_exiting.value:  # polled: a lock or an Event could be left held by a worker that died
+        time.sleep(0.1)
+    os._exit(0)
+
+
+_EXITING: dict[int, object] = {}
+
+
+def _main_exiting():
+    """A shared flag this process raises as it exits, before multiprocessing stops its children and waits."""
+    pid = os.getpid()
+    if pid not in _EXITING:
+        flag = multiprocessing.RawValue("b", 0)
+        multiprocessing.util.Finalize(None, _set, args=(flag,), exitpriority=100)
+        _EXITING[pid] = flag
+    return _EXITING[pid]
+
+
+def _set(flag) -> None:
+    flag.value = 1
 
 
 def make_loader(
@@ -75,7 +96,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=partial(_worker_init, _main_exiting()) if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
         # each new iterator draws a base seed; from its own generator it leaves the global RNG (drop path,
         # masking) untouched, so a run resumed mid-epoch draws the same random numbers as an uninterrupted one

@@ -7,9 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 SCRIPT = """
 import multiprocessing, sys, torch
 from sslkit.data.loader import make_loader
+
+torch.multiprocessing.set_start_method(sys.argv[1], force=True)
 
 loader = make_loader(list(range(16)), 2, 1, torch.device("cpu"))
 batches = iter(loader)
@@ -21,9 +25,10 @@ print(sum(int(b.sum()) for b in [first, *batches]), flush=True)
 """
 
 
-def test_worker_ignores_a_job_wide_sigterm_yet_the_process_exits_with_a_live_loader():
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, cwd=os.getcwd())
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])  # Python 3.14 starts workers by forkserver
+def test_worker_ignores_a_job_wide_sigterm_yet_the_process_exits_with_a_live_loader(start_method):
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT, start_method], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     try:
         worker = int(process.stdout.readline())
         os.kill(worker, signal.SIGTERM)  # as scancel or `kill -TERM -PGID` would: not from the worker's parent
