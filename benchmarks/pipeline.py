@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from sslkit.config import DINOConfig
 from sslkit.data.folders import ImageFolder
 from sslkit.data.loader import EpochSampler, make_loader
 from sslkit.data.photometric import finish_views
@@ -34,7 +35,8 @@ def views(method: str, img_size: int, local_crops: int, on_device: bool):
     if method == "byol":
         return byol_views(img_size, on_device)
     if method == "dino":
-        return MultiCrop(img_size, (0.4, 1.0), local_crops, (0.05, 0.4), on_device=on_device)
+        dino = DINOConfig()  # its default crop scales
+        return MultiCrop(img_size, dino.global_crops_scale, local_crops, dino.local_crops_scale, on_device=on_device)
     return mae_view(img_size)
 
 

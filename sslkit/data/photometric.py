@@ -39,12 +39,14 @@ class DrawPhotometric:
     with those parameters instead of applying them."""
 
     def __init__(self, blur_p: float, solarize_p: float, kernel_size: int, sigma: tuple[float, float]):
-        self.blur_p, self.solarize_p, self.kernel_size, self.sigma = blur_p, solarize_p, kernel_size, sigma
+        self.blur_p, self.solarize_p, self.sigma = blur_p, solarize_p, sigma
+        self.unchanged = torch.zeros(NUM_PARAMS)  # neutral factors in their default order, no other operation
+        self.unchanged[:4] = torch.tensor(NEUTRAL)
+        self.unchanged[ORDER] = torch.arange(4.0)
+        self.unchanged[KERNEL] = kernel_size
 
     def __call__(self, image: torch.Tensor) -> DeviceView:
-        params = torch.zeros(NUM_PARAMS)
-        params[:4] = torch.tensor(NEUTRAL)
-        params[ORDER] = torch.arange(4.0)
+        params = self.unchanged.clone()
         if torch.rand(()) < 0.8:
             params[BRIGHTNESS] = _uniform(0.6, 1.4)
             params[CONTRAST] = _uniform(0.6, 1.4)
@@ -54,7 +56,6 @@ class DrawPhotometric:
         params[GRAY] = float(torch.rand(()) < 0.2)
         if torch.rand(()) < self.blur_p:
             params[SIGMA] = _uniform(*self.sigma)
-        params[KERNEL] = self.kernel_size
         params[SOLARIZE] = float(torch.rand(()) < self.solarize_p)
         return DeviceView(image, params)
 
@@ -63,29 +64,16 @@ def _uniform(low: float, high: float) -> float:
     return float(torch.empty(()).uniform_(low, high))
 
 
-def finish_views(batch, device: torch.device, apply=None):
-    """``batch`` on ``device``, each ``DeviceView`` in it replaced by its augmented uint8 images."""
-    apply = apply or apply_photometric
-    if isinstance(batch, DeviceView):
-        kernel = int(batch.params[0, KERNEL])  # read on the CPU, before the transfer: no device sync
-        images, params = to_device(batch.image, device), to_device(batch.params, device)
-        with torch.no_grad():
-            return apply(images, params, kernel)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(finish_views(item, device, apply) for item in batch)
-    return to_device(batch, device)
-
-
 def apply_photometric(images: torch.Tensor, params: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) images and their (B, NUM_PARAMS) parameters -> augmented uint8 images."""
     x = images.float() / 255
     factors = params[:, :4]
-    order = params[:, ORDER]
     neutral = torch.ones_like(factors)  # made on the device: no host-to-device copy per batch
     neutral[:, HUE] = 0
+    # (B, position, operation): whether the image applies that operation at that position of its order
+    chosen = params[:, ORDER, None] == torch.arange(4, device=x.device)
     for position in range(4):
-        chosen = order[:, position : position + 1] == torch.arange(4, device=x.device)  # (B, 4): this step's op
-        step = torch.where(chosen, factors, neutral)
+        step = torch.where(chosen[:, position], factors, neutral)
         x = adjust_brightness(x, step[:, BRIGHTNESS])
         x = adjust_contrast(x, step[:, CONTRAST])
         x = adjust_saturation(x, step[:, SATURATION])
@@ -94,6 +82,18 @@ def apply_photometric(images: torch.Tensor, params: torch.Tensor, kernel_size: i
     x = gaussian_blur(x, params[:, SIGMA], kernel_size)
     x = torch.where((_per_image(params[:, SOLARIZE]) > 0) & (x >= 128 / 255), 1 - x, x)
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def finish_views(batch, device: torch.device, apply=apply_photometric):
+    """``batch`` on ``device``, each ``DeviceView`` in it replaced by its augmented uint8 images."""
+    if isinstance(batch, DeviceView):
+        kernel = int(batch.params[0, KERNEL])  # read on the CPU, before the transfer: no device sync
+        images, params = to_device(batch.image, device), to_device(batch.params, device)
+        with torch.no_grad():
+            return apply(images, params, kernel)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(finish_views(item, device, apply) for item in batch)
+    return to_device(batch, device)
 
 
 def _per_image(values: torch.Tensor) -> torch.Tensor:

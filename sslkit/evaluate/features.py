@@ -52,8 +52,8 @@ def extract_features(
     training as it is (the caller switches it to eval mode for the duration). With ``shard`` and torchrun,
     every process (each must call this) runs its share of the images and all get the whole result.
     """
-    total = len(dataset)
-    if shard and distributed.context().enabled and total >= distributed.context().world_size:
+    total, processes = len(dataset), distributed.context().world_size
+    if shard and processes > 1 and total >= processes:
         own, own_labels = extract_features(backbone, Subset(dataset, distributed.shard_indices(total)), batch_size,
                                            workers, device, amp_dtype, label, recipe, show_progress, freeze)
         return distributed.gather_strided(own, total, device), distributed.gather_strided(own_labels, total, device)
