@@ -10,6 +10,35 @@ import torch
 
 
 @torch.no_grad()
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+    device: torch.device = torch.device("cpu"),
+    chunk_size: int = 1024,
+) -> dict[int, torch.Tensor]:
+    """For each k in ``ks``, each query's classes ranked by the weighted vote: (queries, min(5, classes)), on the CPU."""
+    train_features = train_features.to(device)
+    train_labels = train_labels.to(device)
+    max_k = min(max(ks), len(train_features))
+    top_n = min(5, num_classes)
+    ranked: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    for start in range(0, len(query_features), chunk_size):
+        queries = query_features[start : start + chunk_size].to(device)
+        similarity, indices = (queries @ train_features.T).topk(max_k, dim=1)
+        neighbour_labels = train_labels[indices]
+        weights = (similarity / temperature).exp()
+        for k in ks:
+            k_used = min(k, max_k)
+            votes = torch.zeros(len(queries), num_classes, device=device)
+            votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
+            ranked[k].append(votes.topk(top_n, dim=1).indices.cpu())
+    return {k: torch.cat(chunks) for k, chunks in ranked.items()}
+
+
 def knn_classify(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -22,23 +51,8 @@ def knn_classify(
     chunk_size: int = 1024,
 ) -> dict[int, dict[str, float]]:
     """Top-1 and top-5 accuracy (percent) of the weighted vote for each k in ``ks``."""
-    train_features = train_features.to(device)
-    train_labels = train_labels.to(device)
-    max_k = min(max(ks), len(train_features))
-    top_n = min(5, num_classes)
-    correct = {k: torch.zeros(2, dtype=torch.long, device=device) for k in ks}
-    for start in range(0, len(query_features), chunk_size):
-        queries = query_features[start : start + chunk_size].to(device)
-        labels = query_labels[start : start + chunk_size].to(device)
-        similarity, indices = (queries @ train_features.T).topk(max_k, dim=1)
-        neighbour_labels = train_labels[indices]
-        weights = (similarity / temperature).exp()
-        for k in ks:
-            k_used = min(k, max_k)
-            votes = torch.zeros(len(queries), num_classes, device=device)
-            votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
-            predictions = votes.topk(top_n, dim=1).indices
-            hits = predictions == labels[:, None]
-            correct[k] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
+    ranked = knn_predict(train_features, train_labels, query_features, ks, temperature, num_classes, device, chunk_size)
+    labels = query_labels.cpu()[:, None]
     total = len(query_features)
-    return {k: {"top1": 100.0 * c[0].item() / total, "top5": 100.0 * c[1].item() / total} for k, c in correct.items()}
+    return {k: {"top1": 100.0 * (r[:, :1] == labels).sum().item() / total,
+                "top5": 100.0 * (r == labels).any(dim=1).sum().item() / total} for k, r in ranked.items()}

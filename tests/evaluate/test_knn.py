@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sslkit.evaluate.knn import knn_classify
+from sslkit.evaluate.knn import knn_classify, knn_predict
 
 
 def test_knn_reaches_100_percent_on_a_trivially_separable_set():
@@ -37,3 +37,14 @@ def test_top5_counts_a_hit_among_the_five_best_classes():
     assert results == {"top1": 0.0, "top5": 100.0}
     results = knn_classify(train, train_labels, query, torch.tensor([5]), [6], 0.07, 6)[6]
     assert results == {"top1": 0.0, "top5": 0.0}
+
+
+def test_predictions_rank_classes_by_their_vote_for_each_k():
+    # neighbours of the query by similarity: class 2 (1.0), then class 0 twice (0.9, 0.9), then class 1 (0.5)
+    train = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.436], [0.9, -0.436], [0.5, 0.866]]), dim=1)
+    train_labels = torch.tensor([2, 0, 0, 1])
+    query = torch.tensor([[1.0, 0.0], [0.5, 0.866]])
+    ranked = knn_predict(train, train_labels, query, [1, 4], 100.0, 3, chunk_size=1)
+    # k 1: the nearest neighbour's class first; k 4 at a high temperature: two class-0 votes beat one class-2 vote
+    assert ranked[1][:, 0].tolist() == [2, 1]
+    assert ranked[4].tolist() == [[0, 2, 1], [0, 1, 2]]
