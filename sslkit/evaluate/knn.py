@@ -35,8 +35,8 @@ def knn_predict(
             k_used = min(k, max_k)
             votes = torch.zeros(len(queries), num_classes, device=device)
             votes.scatter_add_(1, neighbour_labels[:, :k_used], weights[:, :k_used])
-            ranked[k].append(votes.topk(top_n, dim=1).indices.cpu())
-    return {k: torch.cat(chunks) for k, chunks in ranked.items()}
+            ranked[k].append(votes.topk(top_n, dim=1).indices)
+    return {k: torch.cat(chunks).cpu() for k, chunks in ranked.items()}  # one copy (and sync) per k
 
 
 def knn_classify(
