@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -31,10 +32,10 @@ def make_folder(root, classes: int = 2, per_class: int = 12, size: int = 40, see
 
 
 @pytest.fixture(autouse=True)
-def fp32_on_cpu(monkeypatch):
-    """--precision auto picks bf16 on CPUs with native bf16: tests run in fp32 on every machine, so that
-    their numbers do not depend on the CPU CI draws (subprocess tests pass --precision fp32)."""
-    monkeypatch.setattr("sslkit.engine.device.cpu_bf16_speedup", lambda: 0.0)
+def no_native_bf16(monkeypatch):
+    """Every test sees a CPU without native bf16, so that what --precision auto decides does not depend on the
+    CPU CI draws (subprocess tests pass --precision fp32)."""
+    monkeypatch.setattr("sslkit.engine.device.native_cpu_bf16", lambda: None)
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +51,10 @@ def image_folder(tmp_path):
     return make_folder(tmp_path / "images")
 
 
-def interrupt_at(monkeypatch, method_class, step: int) -> None:
-    """Send ourselves SIGINT right after optimizer step ``step`` of ``method_class``, as a Ctrl-C would."""
+@contextmanager
+def interrupt_at(method_class, step: int):
+    """Inside the block, send ourselves SIGINT right after optimizer step ``step`` of ``method_class``, as a
+    Ctrl-C would. Only this patch is undone at the end: the fixtures' patches stay."""
     original = method_class.after_optimizer_step
 
     def hooked(self, progress):
@@ -59,4 +62,6 @@ def interrupt_at(monkeypatch, method_class, step: int) -> None:
             signal.raise_signal(signal.SIGINT)
         return original(self, progress)
 
-    monkeypatch.setattr(method_class, "after_optimizer_step", hooked)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(method_class, "after_optimizer_step", hooked)
+        yield

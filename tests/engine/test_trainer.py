@@ -20,17 +20,15 @@ def model_state(run) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("stop_after", [1, 2], ids=["mid-epoch", "end-of-epoch"])
-def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path, monkeypatch, stop_after):
+def test_resumed_run_equals_uninterrupted_run(image_folder, tmp_path, stop_after):
     settings = dict(TINY_BYOL, epochs=2, log_every=1)  # 24 images, batch 8: 3 steps per epoch
     sslkit.pretrain("byol", image_folder, tmp_path / "straight", **settings)
 
-    interrupt_at(monkeypatch, BYOL, step=stop_after)
-    with pytest.raises(Interrupted) as stopped:
+    with interrupt_at(BYOL, step=stop_after), pytest.raises(Interrupted) as stopped:
         sslkit.pretrain("byol", image_folder, tmp_path / "resumed", **settings)
     assert stopped.value.exit_code == 130
     saved = ckpt.read_metadata(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
     assert saved["step"] == str(stop_after + 1)
-    monkeypatch.undo()
     sslkit.pretrain("byol", image_folder, tmp_path / "resumed", resume=True, **settings)
 
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
@@ -122,18 +120,3 @@ def test_evaluation_leaves_the_training_networks_in_training_mode(image_folder, 
 def test_online_knn_needs_both_folders(image_folder, tmp_path):
     with pytest.raises(UsageError, match="needs both --eval-train"):
         sslkit.pretrain("byol", image_folder, tmp_path / "run", eval_train=str(image_folder), **TINY_BYOL)
-
-
-def test_auto_precision_on_the_cpu_follows_the_bf16_probe_and_says_why(monkeypatch, image_folder, tmp_path, capsys):
-    from sslkit.engine import device
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.2)
-    assert device.choose_precision("auto", cpu) == ("bf16", "bf16 matrix products run 3.2x faster than fp32 on this CPU")
-    assert device.resolve_precision("auto", cpu) == ("bf16", torch.bfloat16)
-    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.004)
-    assert device.choose_precision("auto", cpu) == (
-        "fp32", "this CPU has no fast bf16 (its matrix products run at 0.004x the fp32 speed)")
-    assert device.choose_precision("bf16", cpu) == ("bf16", "as asked")
-    sslkit.pretrain("byol", image_folder, tmp_path / "run", **dict(TINY_BYOL, precision="auto", epochs=1))
-    assert "precision fp32: this CPU has no fast bf16" in capsys.readouterr().err

@@ -103,16 +103,14 @@ def test_a_backbone_that_does_not_fit_is_refused_unless_partial_loads_are_allowe
     assert "--allow-partial" in capsys.readouterr().err
 
 
-def test_continued_run_records_its_source_and_resumes_without_it(tmp_path, image_folder, monkeypatch):
+def test_continued_run_records_its_source_and_resumes_without_it(tmp_path, image_folder):
     """A continued run, interrupted and resumed after its source is gone, ends bit for bit where the same run
     uninterrupted ends; its config and checkpoints say where it started."""
     settings = dict(TINY_BYOL, epochs=2)
     sslkit.pretrain("byol", image_folder, tmp_path / "source", **dict(settings, epochs=1))
     sslkit.pretrain("byol", image_folder, tmp_path / "whole", continue_from=str(tmp_path / "source"), **settings)
-    interrupt_at(monkeypatch, BYOL, step=2)
-    with pytest.raises(Interrupted):
+    with interrupt_at(BYOL, step=2), pytest.raises(Interrupted):
         sslkit.pretrain("byol", image_folder, tmp_path / "cut", continue_from=str(tmp_path / "source"), **settings)
-    monkeypatch.undo()
     source = tmp_path / "source" / "checkpoints" / "last.safetensors"
     source.rename(tmp_path / "elsewhere.safetensors")
     sslkit.pretrain("byol", image_folder, tmp_path / "cut", resume=True)

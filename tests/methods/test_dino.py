@@ -168,13 +168,11 @@ def test_loss_falls_and_teacher_neither_collapses_nor_stays_uniform_on_a_tiny_se
         assert record["kl"] == pytest.approx(record["loss"] - record["teacher_entropy"], abs=1e-4)
 
 
-def test_resumed_dino_run_equals_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+def test_resumed_dino_run_equals_uninterrupted_run(image_folder, tmp_path):
     settings = dict(TINY_DINO, epochs=2, log_every=1, warmup_teacher_temp=0.02, warmup_teacher_temp_epochs=2)
     sslkit.pretrain("dino", image_folder, tmp_path / "straight", **settings)
-    interrupt_at(monkeypatch, DINO, step=1)
-    with pytest.raises(Interrupted):
+    with interrupt_at(DINO, step=1), pytest.raises(Interrupted):
         sslkit.pretrain("dino", image_folder, tmp_path / "resumed", **settings)
-    monkeypatch.undo()
     sslkit.pretrain("dino", image_folder, tmp_path / "resumed", resume=True, **settings)
     assert [r.get("loss") for r in metrics(tmp_path / "straight")] == [r.get("loss") for r in metrics(tmp_path / "resumed")]
     straight = ckpt.read_tensors(tmp_path / "straight" / "checkpoints" / "last.safetensors", "model.")

@@ -99,13 +99,11 @@ def test_finetune_trains_a_fraction_keeps_the_best_checkpoint_and_gives_a_loadab
     assert knn["description"].startswith("finetune test_vit")
 
 
-def test_resumed_finetune_equals_an_uninterrupted_one(labelled, tmp_path, monkeypatch):
+def test_resumed_finetune_equals_an_uninterrupted_one(labelled, tmp_path):
     train_dir, val_dir = labelled  # mixup / cutmix (numpy), RandAugment (random, numpy), erasing (random, torch)
     sslkit.finetune("timm:test_vit", train_dir, val_dir, tmp_path / "straight", **TINY)
-    interrupt_at(monkeypatch, Finetune, step=2)
-    with pytest.raises(Interrupted):
+    with interrupt_at(Finetune, step=2), pytest.raises(Interrupted):
         sslkit.finetune("timm:test_vit", train_dir, val_dir, tmp_path / "resumed", **TINY)
-    monkeypatch.undo()
     sslkit.finetune("timm:test_vit", train_dir, val_dir, tmp_path / "resumed", resume=True, **TINY)
     straight = ckpt.read_tensors(tmp_path / "straight" / "checkpoints" / "last.safetensors", "model.")
     resumed = ckpt.read_tensors(tmp_path / "resumed" / "checkpoints" / "last.safetensors", "model.")

@@ -165,14 +165,12 @@ def test_pretraining_lowers_the_loss_and_the_checkpoint_serves_knn(tmp_path, ima
 
 
 
-def test_resumed_mae_run_equals_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+def test_resumed_mae_run_equals_uninterrupted_run(image_folder, tmp_path):
     settings = dict(arch="test_vit", img_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=2, epochs=2,
                     batch_size=8, workers=0, device="cpu", log_every=1)
     sslkit.pretrain("mae", image_folder, tmp_path / "straight", **settings)
-    interrupt_at(monkeypatch, MAE, step=1)
-    with pytest.raises(Interrupted):
+    with interrupt_at(MAE, step=1), pytest.raises(Interrupted):
         sslkit.pretrain("mae", image_folder, tmp_path / "resumed", **settings)
-    monkeypatch.undo()
     sslkit.pretrain("mae", image_folder, tmp_path / "resumed", resume=True, **settings)
     losses = [[json.loads(line).get("loss") for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
               for name in ("straight", "resumed")]
