@@ -20,7 +20,7 @@ import torch
 
 from sslkit.config import MAEConfig, TrainConfig
 from sslkit.engine.optim import build_optimizer
-from sslkit.engine.device import resolve_device, resolve_precision
+from sslkit.engine.device import choose_precision, resolve_device
 from sslkit.methods import mae
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    _, amp_dtype = resolve_precision(args.precision, device)
+    amp_dtype = choose_precision(args.precision, device).dtype
     options = MAEConfig(arch=args.arch, img_size=args.img_size, mask_ratio=args.mask_ratio,
                         decoder_dim=args.decoder_dim, decoder_depth=args.decoder_depth, decoder_heads=args.decoder_heads)
     train, options = mae.resolve(TrainConfig(epochs=1, batch_size=args.batch_size), options, 1)

@@ -12,7 +12,7 @@ import json
 import random
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip_view, eval_transform
 from sslkit.engine import rundir
 from sslkit.engine.checkpoint import load_backbone
-from sslkit.engine.device import resolve_device, resolve_precision
+from sslkit.engine.device import choose_precision, resolve_device
 from sslkit.engine.trainer import Evaluation, Trainer
 from sslkit.engine.warmstart import announce, read_weights, warm_start
 from sslkit.errors import UsageError
@@ -76,10 +76,9 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     if train.eval_train:
         from sslkit.evaluate.online import online_knn
 
-        _, amp_dtype = resolve_precision(train.precision, resolve_device(train.device))
         workers = default_workers() if train.workers is None else train.workers
         evaluation = online_knn(model, train.eval_train, train.eval_val, options.img_size, train.eval_every,
-                                train.eval_k, workers, amp_dtype)
+                                train.eval_k, workers)
     return Trainer(model, dataset, train, out, run_config, evaluation, provenance).fit(resume=resume)
 
 
@@ -285,8 +284,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     )
     workers = default_workers() if train_cfg.workers is None else train_cfg.workers
     val_loader = make_loader(val_set, 256, workers, resolve_device(train_cfg.device))
-    _, amp_dtype = resolve_precision(train_cfg.precision, resolve_device(train_cfg.device))
-    score = _classification_scores(method, val_loader, val_labels, amp_dtype)
+    score = _classification_scores(method, val_loader, val_labels)
     run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg)}
     fit = Trainer(method, train_set, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
     return {
@@ -342,18 +340,17 @@ def _auto_batch(num_images: int) -> int:
     return batch
 
 
-def _classification_scores(model, loader, labels: torch.Tensor, amp_dtype):
-    """A function giving val top-1 / top-5 (percent) and loss of ``model`` over ``loader``."""
+def _classification_scores(model, loader, labels: torch.Tensor):
+    """A function giving val top-1 / top-5 (percent) and loss of ``model`` over ``loader`` (run by the trainer,
+    under the run's precision)."""
 
     def score() -> dict[str, float]:
         device = next(model.parameters()).device
         hits, loss, seen = torch.zeros(2, device=device), torch.zeros((), device=device), 0
-        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         for images, _ in loader:
             target = labels[seen : seen + len(images)].to(device)
             seen += len(images)
-            with autocast:
-                logits = model(images.to(device, non_blocking=True)).float()
+            logits = model(images.to(device, non_blocking=True)).float()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices == target[:, None]
             hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
             loss += F.cross_entropy(logits, target, reduction="sum")
@@ -372,7 +369,7 @@ class FrozenFeatures:
     def __init__(self, options, default_blocks: int, transform=eval_transform):
         self.options = options
         self.device = resolve_device(options.device)
-        _, self.amp_dtype = resolve_precision(options.precision, self.device)
+        self.amp_dtype = choose_precision(options.precision, self.device).dtype
         _seed_everything(options.seed)
         self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
                                     allow_partial=options.allow_partial)

@@ -306,9 +306,12 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping."""
+    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping; a run's record of what it
+    decided (``decided``: the precision ``auto`` resolved to) is not a setting and stays out."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "decided":
+            continue
         if isinstance(value, dict):
             flat.update(value)
         elif key not in ("method", "data", "out"):

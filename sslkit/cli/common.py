@@ -21,7 +21,9 @@ OPT = "Optimisation"
 Device = Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.", rich_help_panel=HW)]
 Precision = Annotated[
     Optional[str],
-    typer.Option(help="auto (bf16 on GPUs that support it and on CPUs with native bf16, else fp32; the run's first lines say which and why), bf16, fp16 or fp32.", rich_help_panel=HW),
+    typer.Option(help="auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs; decided once per run, "
+                      "recorded, and kept by --resume; the run's first lines say which and why), bf16, fp16 or fp32.",
+                 rich_help_panel=HW),
 ]
 Workers = Annotated[
     Optional[int], typer.Option(help="Data-loading processes (default: CPU cores - 1, at most 8).", rich_help_panel=HW)

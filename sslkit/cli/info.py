@@ -12,7 +12,7 @@ from sslkit.cli.common import JsonOut, Quiet, examples, handle_errors, write_jso
 from sslkit.cli.probe import Arch, CheckpointKey, Model
 
 SHOWN = ("file", "kind", "method", "arch", "img_size", "patch_size", "parameters", "backbones", "backbone", "step",
-         "epoch", "licence", "tensors", "bytes", "arch_error")
+         "epoch", "precision", "licence", "tensors", "bytes", "arch_error")
 
 
 def info(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
@@ -21,43 +21,91 @@ def resolve_device(name: str) -> torch.device:
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def resolve_precision(name: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """The autocast precision ``name`` stands for on ``device``, and its dtype (None: fp32, no autocast)."""
-    name = choose_precision(name, device)[0]
-    return name, DTYPES[name]
+@dataclass(frozen=True)
+class Precision:
+    """A resolved ``--precision``: what a command computes in, and why."""
+
+    name: str  # bf16 | fp16 | fp32
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype; None: fp32, no autocast."""
+        return DTYPES[self.name]
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
+    def record(self) -> dict[str, str]:
+        """What a run writes into config.json (``decided``) and every checkpoint's metadata."""
+        return {"precision": self.name, "precision_reason": self.reason}
 
 
-def choose_precision(name: str, device: torch.device) -> tuple[str, str]:
-    """``--precision`` resolved, and why. auto: bf16 on GPUs that support it, else fp16 (with loss scaling);
-    on the CPU bf16 where this CPU multiplies bf16 matrices natively (clearly faster than fp32), else fp32.
-    Losses are computed in fp32 whatever the precision."""
+def choose_precision(name: str, device: torch.device) -> Precision:
+    """``--precision`` resolved for ``device``. auto: bf16 on GPUs that support it, else fp16 (with loss
+    scaling); fp32 on the CPU. The decision depends on the hardware only, never on a timing, so it is the same
+    on every call. Losses are computed in fp32 whatever the precision."""
     if name == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
     if name != "auto":
-        return name, "as asked"
+        return Precision(name, "as asked")
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
-            return "bf16", "this GPU supports bf16"
-        return "fp16", "this GPU has no bf16; fp16 with loss scaling"
-    speedup = cpu_bf16_speedup()
-    if speedup >= 1.5:
-        return "bf16", f"bf16 matrix products run {speedup:.1f}x faster than fp32 on this CPU"
-    return "fp32", f"this CPU has no fast bf16 (its matrix products run at {speedup:.2g}x the fp32 speed)"
+            return Precision("bf16", "this GPU supports bf16")
+        return Precision("fp16", "this GPU has no bf16; fp16 with loss scaling")
+    return cpu_auto_precision(native_cpu_bf16())
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 time of a 256 x 256 matrix product on this CPU: about 4 where bf16 is native (AMX,
-    AVX512-BF16), far below 1 where it is emulated. A probe, not CPU flags, which virtual machines hide."""
-    times = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(256, 256).to(dtype), torch.randn(256, 256).to(dtype)
-        a @ b
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        times[dtype] = time.perf_counter() - start
-    return times[torch.float32] / max(times[torch.bfloat16], 1e-9)
+def run_precision(asked: str, device: torch.device, saved: dict[str, str] | None) -> tuple[Precision, str | None]:
+    """A training run's precision and the line that says why. A new run (``saved`` None) resolves ``asked``
+    once; a resumed one keeps what its checkpoint's metadata ``saved`` recorded, unless another precision is
+    asked for explicitly (used, with a notice that the numbers will differ)."""
+    if saved is None or saved.get("precision") not in DTYPES:  # a new run, or a checkpoint without the record
+        chosen = choose_precision(asked, device)
+        return chosen, None if asked != "auto" else f"precision {chosen.name}: {chosen.reason}"
+    recorded = Precision(saved["precision"], saved.get("precision_reason", ""))
+    if asked in ("auto", recorded.name):
+        if recorded.name == "fp16" and device.type != "cuda":
+            raise UsageError("--resume: this run trained in fp16, which needs a GPU; resume it on one, or pass "
+                             "--precision bf16 or fp32 to continue on the CPU in another precision")
+        return recorded, f"precision {recorded.name}, as recorded when the run started ({recorded.reason})"
+    chosen = choose_precision(asked, device)
+    return (Precision(chosen.name, f"as asked on --resume; it ran in {recorded.name} before"),
+            f"--precision {asked}: this run computed in {recorded.name} until now and continues in {asked}, "
+            "so its numbers will differ from an uninterrupted run's")
+
+
+def cpu_auto_precision(native: str | None) -> Precision:
+    """``auto`` on a CPU whose native bf16 instructions are ``native`` (None: bf16 is emulated there).
+
+    fp32 on every CPU. Where bf16 is emulated (AVX2) it runs at a few percent of the fp32 speed; where it is
+    native (AMX, AVX512-BF16) whole training steps gain for conv nets only (BYOL ResNet-18 1.5x, DINO and MAE
+    ViT-Tiny none or slower: docs/scaling.md). --precision bf16 still uses it."""
+    if native is None:
+        return Precision("fp32", "this CPU has no native bf16 (it would be emulated, far slower than fp32)")
+    return Precision("fp32", f"bf16 is native on this CPU ({native}) but speeds up conv nets only "
+                             "(docs/scaling.md); --precision bf16 uses it")
+
+
+def native_cpu_bf16() -> str | None:
+    """The instructions this CPU has for bf16 matrix products, from PyTorch's CPUID checks (``AMX-BF16``,
+    ``AVX512-BF16``, or both), or None where bf16 would be emulated."""
+    found = [name for name, flag in (("AMX-BF16", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if _cpu_has(flag)]
+    return ", ".join(found) or None
+
+
+def cpu_description() -> str:
+    """One line naming this CPU's kind for logs and CI: PyTorch's kernel level and its native bf16."""
+    return (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {native_cpu_bf16() or 'none'}, "
+            f"torch {torch.__version__}")
+
+
+def _cpu_has(flag: str) -> bool:
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # newer PyTorch; older ones have the two checks
+    if capabilities is not None:
+        return bool(capabilities().get(flag, False))
+    older = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}[flag]
+    return bool(getattr(torch.cpu, older, lambda: False)())
 
 
 def to_device(batch, device: torch.device):

@@ -36,6 +36,7 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
             info.update(kind="sslkit checkpoint", method=metadata.get("method"),
                         backbones=sorted(json.loads(metadata.get("backbones", "{}"))),
                         backbone=key, step=_number(metadata.get("step")), epoch=_number(metadata.get("epoch")),
+                        precision=metadata.get("precision"),
                         config=json.loads(metadata["config"]) if "config" in metadata else None,
                         licence=metadata.get("licence"), tensors=len(ckpt.read_tensors(path)))
         else:

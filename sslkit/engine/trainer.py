@@ -27,7 +27,7 @@ from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.data.photometric import apply_photometric, finish_views
 from sslkit.engine import checkpoint as ckpt, distributed, rundir
-from sslkit.engine.device import DTYPES, choose_precision, resolve_device
+from sslkit.engine.device import Precision, resolve_device, run_precision
 from sslkit.engine.method import Method, Progress, StepOutput
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
@@ -73,8 +73,8 @@ class Trainer:
         self.dist = distributed.join(device.type)  # torchrun: one process per device; otherwise one process
         self.device = distributed.device_for(device, self.dist)
         self.is_main = self.dist.is_main
-        self.precision, self.precision_reason = choose_precision(cfg.precision, self.device)
-        self.amp_dtype = DTYPES[self.precision]
+        self.precision: Precision | None = None  # decided by fit(): once per run, kept on resume
+        self.precision_note: str | None = None
         shares = self.dist.world_size * cfg.accum_steps
         if cfg.batch_size % shares:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
@@ -101,7 +101,6 @@ class Trainer:
         self.optimizer = build_optimizer(
             cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
         # views that carry their colour augmentation's parameters (--augment-on device) get it here
         photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
@@ -121,8 +120,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict:
+        saved = self._saved_metadata() if resume else None
+        self.precision, self.precision_note = run_precision(self.cfg.precision, self.device, saved)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
+        self.run_config = {**self.run_config, "decided": self.precision.record()}
         if resume:
-            self._restore()
+            self._restore(saved)
             if self.is_main:
                 self.metrics.truncate_after(self.step)
         elif self.cfg.force and self.is_main:
@@ -220,7 +223,7 @@ class Trainer:
         modes = [(module, module.training) for module in self.method.modules()]
         self.method.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.precision.autocast(self.device):
                 scores = evaluation.score()
         finally:
             for module, training in modes:
@@ -242,11 +245,10 @@ class Trainer:
             console.warn(f"could not draw the training curves: {type(error).__name__}: {error}")
 
     def _forward_backward(self, batch, last_pass: bool = True):
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         # with torchrun, gradients are all-reduced once per optimizer step: on the last accumulation pass
         syncing = self.ddp.no_sync() if self.ddp is not None and not last_pass else nullcontext()
         with syncing:
-            with autocast:
+            with self.precision.autocast(self.device):
                 out = self._compiled_or_eager(batch) if self.ddp is None else StepOutput(*self.ddp(batch))
             loss = out.loss.float()
             # remember the first optimizer step whose loss is not finite, without a host sync
@@ -329,10 +331,10 @@ class Trainer:
             + (f" = {world} processes x {cfg.batch_size // world}" if world > 1 else "")
             + (f" ({cfg.accum_steps} passes of {cfg.batch_size // world // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
             + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:.3g} epochs"
-            + f" | {self.device.type} {self.precision}, {self.workers} workers" + (" per process" if world > 1 else "")
+            + f" | {self.device.type} {self.precision.name}, {self.workers} workers" + (" per process" if world > 1 else "")
         )
-        if cfg.precision == "auto":
-            console.info(f"precision {self.precision}: {self.precision_reason}")
+        if self.precision_note:
+            console.info(self.precision_note)
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, path: Path | None = None) -> None:
@@ -351,6 +353,7 @@ class Trainer:
             "step": str(self.step),
             "epoch": str(self.step // self.steps_per_epoch),
             "steps_per_epoch": str(self.steps_per_epoch),
+            **self.precision.record(),
             "config": json.dumps(self.run_config),
             "state": ckpt.dumps(state),
             **({"best": json.dumps(self.best)} if self.best else {}),
@@ -358,10 +361,12 @@ class Trainer:
         }
         ckpt.save_checkpoint(path or self.checkpoint_path, tensors, metadata)
 
-    def _restore(self) -> None:
+    def _saved_metadata(self) -> dict[str, str]:
         if not self.checkpoint_path.exists():
             raise UsageError(f"--resume: no checkpoint in {self.out} (looked for {self.checkpoint_path})")
-        metadata = ckpt.read_metadata(self.checkpoint_path)
+        return ckpt.read_metadata(self.checkpoint_path)
+
+    def _restore(self, metadata: dict[str, str]) -> None:
         if int(metadata.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
             raise UsageError(
                 f"--resume: the run had {metadata['steps_per_epoch']} steps per epoch, this data and batch size "

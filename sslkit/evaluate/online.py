@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,7 +21,9 @@ TEMPERATURE = 0.07
 
 
 def online_knn(method: nn.Module, memory_dir: str, query_dir: str, img_size: int, every: int, k: int,
-               workers: int, amp_dtype: torch.dtype | None) -> Evaluation:
+               workers: int) -> Evaluation:
+    """The k-NN accuracy of ``method``'s teacher (or only) backbone; the trainer scores it under the run's
+    precision."""
     transform = eval_transform(img_size)
     memory = ImageFolder(memory_dir, transform, labelled=True)
     queries = ImageFolder(query_dir, transform, labelled=True)
@@ -32,7 +33,7 @@ def online_knn(method: nn.Module, memory_dir: str, query_dir: str, img_size: int
 
     def score() -> dict[str, float]:
         device = next(method.parameters()).device
-        extract = dict(batch_size=256, workers=workers, device=device, amp_dtype=amp_dtype, show_progress=False,
+        extract = dict(batch_size=256, workers=workers, device=device, amp_dtype=None, show_progress=False,
                        freeze=False, shard=True)
         memory_features, memory_labels = extract_features(backbone, memory, label="k-NN memory", **extract)
         query_features, _ = extract_features(backbone, queries, label="k-NN queries", **extract)

@@ -9,7 +9,7 @@ import torch
 import sslkit
 from sslkit.config import MAEConfig
 from sslkit.engine import checkpoint as ckpt
-from sslkit.engine.device import resolve_precision
+from sslkit.engine.device import choose_precision
 from sslkit.methods.mae import MAE, masked_mse, patchify, random_masking
 from tests.conftest import TINY_BYOL
 
@@ -34,7 +34,7 @@ def test_each_method_trains_in_bf16_on_the_gpu_and_its_checkpoint_serves_the_cpu
     sslkit.pretrain(method, image_folder, run, **settings)
     losses = [r["loss"] for r in records(run) if "loss" in r]
     assert len(losses) == 6 and all(np.isfinite(losses))
-    assert resolve_precision("auto", torch.device("cuda"))[0] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert choose_precision("auto", torch.device("cuda")).name == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     loaded = ckpt.load_backbone(str(run))
     features = loaded.module.eval()(torch.rand(2, 3, 32, 32))
     assert features.device.type == "cpu" and torch.isfinite(features).all()
