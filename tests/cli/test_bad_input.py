@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import gc
 import io
-import json
 import os
 import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,52 +20,8 @@ from PIL import Image
 
 import sslkit
 from sslkit.data.folders import ImageFolder, images_under, load_rgb
+from tests.cli.conftest import assert_usage_error
 from tests.conftest import TINY_BYOL, make_folder
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-
-class ForkServer:
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.count = 0
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.cli.forkserver"], cwd=ROOT, env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, *args, cwd: Path | None = None, env: dict | None = None) -> Result:
-        self.count += 1
-        out, err = self.workdir / f"{self.count}.out", self.workdir / f"{self.count}.err"
-        request = {"args": [str(a) for a in args], "cwd": str(cwd or self.workdir), "env": env or {},
-                   "stdout": str(out), "stderr": str(err)}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        reply = json.loads(self.process.stdout.readline())
-        return Result(reply["code"], out.read_text(errors="replace"), err.read_text(errors="replace"))
-
-    def close(self) -> None:
-        self.process.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def sslkit_cli(tmp_path_factory):
-    server = ForkServer(tmp_path_factory.mktemp("cli"))
-    yield server
-    server.close()
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -113,14 +67,6 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def assert_usage_error(result: Result, *phrases: str) -> None:
-    assert result.code == 2, (result.code, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert len(result.lines) == 1 and result.lines[0].startswith("error: "), result.stderr
-    for phrase in phrases:
-        assert phrase in result.lines[0], (phrase, result.lines[0])
 
 
 KNN = ("probe", "knn", "timm:test_resnet", "--img-size", "32", "--k", "3", "--workers", "0")
