@@ -32,6 +32,7 @@ from sslkit.engine.warmstart import announce, read_weights, warm_start
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify
+from sslkit.files import write_json
 from sslkit.methods import METHODS
 from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, has_weights, is_vit, patch_size
 
@@ -606,7 +607,7 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
         "threshold": threshold, "images": results,
         "mean_central_mass": round(sum(r["central_mass"] for r in results) / len(results), 4),
     }
-    (out / "attention.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "attention.json", summary)
     return summary
 
 
@@ -648,7 +649,7 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_r
         "mask_ratio": mask_ratio, "seed": seed, "norm_pix_loss": norm_pix, "images": results,
         "mean_masked_mse": round(sum(r["masked_mse"] for r in results) / len(results), 6),
     }
-    (out / "reconstruct.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "reconstruct.json", summary)
     return summary
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from contextlib import contextmanager
@@ -11,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit import console
+from sslkit import console, files
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 
 RUN = "Run"
@@ -107,12 +106,8 @@ def parse_bool(name: str, value: str) -> bool:
 
 
 def write_json(path: Path | None, results: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    if path is not None:
+        files.write_json(path, results)
 
 
 def examples(*lines: str) -> str:

@@ -8,13 +8,10 @@ RNG) travel as a JSON skeleton in the metadata. Nothing is pickled.
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -22,7 +19,8 @@ from torch import nn
 
 from sslkit import __version__, console
 from sslkit.engine import foreign
-from sslkit.errors import UsageError, WriteFailed
+from sslkit.errors import UsageError
+from sslkit.files import write_atomic
 from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, has_weights,
                                      is_vit, patch_size)
 
@@ -34,21 +32,16 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     save_safetensors(path, tensors, {"format": FORMAT, "sslkit_version": __version__, **metadata})
 
 
-def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                     tmp_suffix: str = ".tmp") -> None:
     """Any safetensors file, written atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(_storable(tensors), str(tmp), metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as error:  # disk full, quota, permissions, a vanished mount
-        tmp.unlink(missing_ok=True)
-        kept = "the previous file is intact" if path.exists() else "nothing was written"
-        raise WriteFailed(f"cannot write {path} ({error}); {kept}") from None
-    _fsync_dir(path.parent)
+    def write(tmp: Path) -> None:
+        try:
+            save_file(_storable(tensors), str(tmp), metadata=metadata)
+        except SafetensorError as error:  # the Rust writer's I/O errors
+            raise OSError(str(error)) from None
+
+    write_atomic(path, write, tmp_suffix)
 
 
 def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,17 +56,6 @@ def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             seen.add(key)
         out[name] = tensor
     return out
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def raw_metadata(path: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ the lr / weight-decay schedules, checkpoints, resume, signals and the progress d
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from sslkit import console
+from sslkit import console, files
 from sslkit.config import TrainConfig
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.data.photometric import apply_photometric, finish_views
@@ -132,7 +131,7 @@ class Trainer:
             rundir.clear_previous_run(self.out)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _write_json(self.out / "config.json", self.run_config)
+            files.write_json(self.out / "config.json", self.run_config)
         self._announce()
         start_epoch = self.step // self.steps_per_epoch
         with _stop_signals() as stop, ProgressDisplay(self.total_steps, self.step, self.cfg.epochs) as display:
@@ -437,12 +436,6 @@ def _set_rng_state(state: dict) -> None:
                              saved["has_gauss"], saved["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from sslkit import console
 from sslkit.errors import UsageError
+from sslkit.files import write_atomic
 
 
 @dataclass
@@ -163,18 +164,20 @@ def write_matches(path: Path, queries: list[Path], database: list[Path], scores:
     """The ranked matches as CSV rows ``query,match,score,rank[,copy]`` (rank from 1; ``copy`` 1 or 0 with a
     ground truth), written atomically; ``min_score`` keeps only the pairs that score at least that (for
     de-duplication). Returns the number of rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     rows = 0
-    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:  # any file name
-        writer = csv.writer(handle)
-        writer.writerow(["query", "match", "score", "rank"] + (["copy"] if truth else []))
-        for q, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
-            for rank, (score, index) in enumerate(zip(row_scores, row_indices), start=1):
-                if min_score is not None and score < min_score:
-                    break
-                copy = [int(index in truth.positives[q])] if truth else []
-                writer.writerow([str(queries[q]), str(database[index]), f"{score:.6f}", rank, *copy])
-                rows += 1
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:  # any file name
+            writer = csv.writer(handle)
+            writer.writerow(["query", "match", "score", "rank"] + (["copy"] if truth else []))
+            for q, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
+                for rank, (score, index) in enumerate(zip(row_scores, row_indices), start=1):
+                    if min_score is not None and score < min_score:
+                        break
+                    copy = [int(index in truth.positives[q])] if truth else []
+                    writer.writerow([str(queries[q]), str(database[index]), f"{score:.6f}", rank, *copy])
+                    rows += 1
+
+    write_atomic(path, write)
     return rows

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from sslkit import console
 from sslkit.data.loader import make_loader
 from sslkit.engine import distributed
+from sslkit.engine.checkpoint import save_safetensors
 from sslkit.models.backbones import FeatureExtractor, FeatureRecipe
 
 CACHE_ENV = "SSLKIT_CACHE_DIR"
@@ -95,12 +96,9 @@ def cached_features(cache_dir: Path | None, model_id: str, recipe: FeatureRecipe
         except Exception:  # an unreadable cache entry is recomputed, never trusted
             console.warn(f"ignoring an unreadable feature cache file {path}")
     features, labels = extract_features(dataset=dataset, recipe=recipe, **extract)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     metadata = {"model": model_id, "recipe": repr(recipe), "transform": repr(transform), "root": str(dataset.root),
                 "files": json.dumps([f[0] for f in files])}
-    save_file({"features": features.contiguous(), "labels": labels}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_safetensors(path, {"features": features.contiguous(), "labels": labels}, metadata, f".{os.getpid()}.tmp")
     return features, labels
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from sslkit.files import write_atomic
 
 PANEL_SIZE = (4.2, 3.2)  # inches per panel; at DPI 100 a panel is 420 x 320 px
 DPI = 100
@@ -120,10 +121,5 @@ def write_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     if not chosen:
         return None
     out = Path(out) if out is not None else run_dir / "curves.png"
-    tmp = out.with_name(out.name + ".tmp.png")
-    try:
-        draw(chosen, run_dir.resolve().name, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: draw(chosen, run_dir.resolve().name, tmp), tmp_suffix=".tmp.png")
     return out
