@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslkit import console
 from sslkit.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -268,10 +270,47 @@ def field_names(cls) -> set[str]:
 
 
 def build(cls, values: dict[str, Any]):
-    """An instance of the dataclass ``cls`` from the entries of ``values`` that name its fields."""
-    names = field_names(cls)
-    chosen = {k: _coerce(cls, k, v) for k, v in values.items() if k in names}
+    """An instance of the dataclass ``cls`` from the entries of ``values`` that name its fields, each checked
+    against the field's type (numbers finite)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        if name in fields:
+            _check_type(name, fields[name].type, value, "")
+    chosen = {k: _coerce(cls, k, v) for k, v in values.items() if k in fields}
     return cls(**chosen)
+
+
+def _check_type(name: str, annotation: str, value: Any, source: str) -> None:
+    """``value`` fits the field type ``annotation`` (a string under ``from __future__ import annotations``:
+    'int', 'float | None', 'tuple[float, float] | None', 'list[int]', ...)."""
+    kinds = [kind.strip() for kind in str(annotation).split("|")]
+    if (value is None and "None" in kinds) or any(_fits(kind, value) for kind in kinds if kind != "None"):
+        return
+    expected = " or ".join(_KIND_NAMES.get(kind.split("[")[0], kind) for kind in kinds if kind != "None")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    where = f"{name} = {shown} in {source}" if source else f"--{name.replace('_', '-')} {shown}"
+    raise UsageError(f"{where} is not {expected}")
+
+
+_KIND_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+               "tuple": "a list of numbers", "list": "a list"}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith(("tuple[", "list[")):
+        inner = [part.strip() for part in kind[kind.index("[") + 1 : -1].split(",")]
+        if not isinstance(value, (list, tuple)) or (kind.startswith("tuple") and len(value) != len(inner)):
+            return False
+        return all(_fits(inner[0], item) for item in value)
+    return True  # nested settings and Any: checked where they are built
 
 
 def _coerce(cls, name: str, value: Any) -> Any:
@@ -280,11 +319,16 @@ def _coerce(cls, name: str, value: Any) -> Any:
     return value
 
 
-def check_known(values: dict[str, Any], *classes) -> None:
-    known = set().union(*(field_names(c) for c in classes))
-    unknown = sorted(set(values) - known)
+def check_known(values: dict[str, Any], *classes, source: str | Path | None = None) -> None:
+    """Every setting in ``values`` is a field of one of ``classes`` and fits its type; ``source``: the file
+    the values come from, named in the message."""
+    fields = {f.name: f for c in reversed(classes) for f in dataclasses.fields(c)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        where = f" in {source}" if source else ""
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}{where}; known: {', '.join(sorted(fields))}")
+    for name, value in values.items():
+        _check_type(name, fields[name].type, value, str(source or ""))
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -292,22 +336,34 @@ def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
-    text = path.read_text()
     try:
-        if path.suffix == ".toml":
-            data = _toml_loads(text)
-        else:
-            data = json.loads(text)
+        text = path.read_text(encoding="utf-8")
+        data = _toml_loads(text) if path.suffix == ".toml" else json.loads(text)
+    except OSError as error:
+        raise UsageError(f"cannot read config file {path} ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} is nested too deeply to be a settings file") from None
     except ValueError as error:
         raise UsageError(f"cannot parse config file {path}: {error}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a table of settings")
+    ignored = sorted(k for k, v in _merged(data).items() if k in ONE_SHOT and v)
+    if ignored:
+        console.warn(f"ignoring {', '.join(ignored)} in {path}: --force and --resume act once and are taken "
+                     "from the command line only")
     return flatten(data)
 
 
 def flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping; a run's record of what it
-    decided (``decided``: the precision ``auto`` resolved to) is not a setting and stays out."""
+    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping. A run's record of what it
+    decided (``decided``: the precision ``auto`` resolved to) is not a setting and stays out, and so do the
+    one-shot actions (``force``, ``resume``): a file never repeats them."""
+    return {k: v for k, v in _merged(data).items() if k not in ONE_SHOT}
+
+
+def _merged(data: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key == "decided":
@@ -317,6 +373,16 @@ def flatten(data: dict[str, Any]) -> dict[str, Any]:
         elif key not in ("method", "data", "out"):
             flat[key] = value
     return flat
+
+
+ONE_SHOT = {"force", "resume", "dry_run"}
+
+
+def recorded(run_config: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as its config.json records them: without the one-shot actions, which a file never
+    repeats."""
+    return {key: {k: v for k, v in value.items() if k not in ONE_SHOT} if isinstance(value, dict) else value
+            for key, value in run_config.items()}
 
 
 def _toml_loads(text: str) -> dict:
@@ -341,7 +407,37 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise UsageError(f"--{name.replace('_', '-')} must be {bound}, not {value}")
 
 
+MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 8192  # pixels: the smallest input a patch-16 ViT or a ResNet takes; memory
+
+
+def check_fields(settings) -> None:
+    """Every field of the dataclass instance ``settings`` fits its declared type (numbers finite)."""
+    for f in dataclasses.fields(settings):
+        _check_type(f.name, f.type, getattr(settings, f.name), "")
+
+
+def check_img_size(name: str, value: int | None) -> None:
+    _positive(name, value)
+    if value is not None and not MIN_IMG_SIZE <= value <= MAX_IMG_SIZE:
+        raise UsageError(f"--{name.replace('_', '-')} must lie in {MIN_IMG_SIZE}..{MAX_IMG_SIZE} pixels, not {value}")
+
+
+def check_seed(value: int) -> None:
+    if not 0 <= value < 2**32:  # numpy's seeds (timm's mixup, RandAugment) are 32-bit
+        raise UsageError(f"--seed must lie in 0..{2**32 - 1}, not {value}")
+
+
+def _unit_interval(name: str, value: float | None, closed: bool = True) -> None:
+    if value is not None and not (0 <= value <= 1 if closed else 0 <= value < 1):
+        raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1{']' if closed else ')'}, not {value}")
+
+
 def validate_train(train: TrainConfig) -> None:
+    check_fields(train)
+    check_seed(train.seed)
+    _unit_interval("momentum", train.momentum, closed=False)
+    for beta in train.betas or ():
+        _unit_interval("betas", beta, closed=False)
     choice("device", train.device, DEVICES)
     choice("precision", train.precision, PRECISIONS)
     choice("optimizer", train.optimizer, OPTIMIZERS)
@@ -354,10 +450,13 @@ def validate_train(train: TrainConfig) -> None:
 
 
 def validate_frozen(options: FrozenConfig) -> None:
+    check_fields(options)
+    check_seed(options.seed)
+    check_img_size("img_size", options.img_size)
     choice("device", options.device, DEVICES)
     choice("precision", options.precision, PRECISIONS)
     choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
-    for name in ("batch_size", "img_size", "n_last_blocks"):
+    for name in ("batch_size", "n_last_blocks"):
         _positive(name, getattr(options, name))
     _positive("workers", options.workers, allow_zero=True)
 
@@ -379,6 +478,8 @@ def validate_copydetect(options: CopyDetectConfig) -> None:
 
 
 def validate_benchmark(options: BenchmarkConfig, attacks: int) -> None:
+    check_fields(options)
+    check_seed(options.seed)
     for name in ("originals", "copies", "min_attacks"):
         _positive(name, getattr(options, name))
     for name in ("distractors", "whiten", "max_size"):
@@ -399,11 +500,13 @@ def validate_linear(options: LinearConfig) -> None:
 
 
 def validate_finetune(options: FinetuneConfig) -> None:
+    check_fields(options)
+    check_img_size("img_size", options.img_size)
     choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
     choice("pool", options.pool, ("default", "token", "avg"))
     if not 0 < options.fraction <= 1:
         raise UsageError(f"--fraction must lie in (0, 1], not {options.fraction}")
-    for name in ("blr", "img_size", "layer_decay"):
+    for name in ("blr", "layer_decay"):
         _positive(name, getattr(options, name))
     for name in ("drop_path", "smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob"):
         _positive(name, getattr(options, name), allow_zero=True)
@@ -414,18 +517,23 @@ def validate_finetune(options: FinetuneConfig) -> None:
 
 
 def validate_byol(options: BYOLConfig) -> None:
+    check_fields(options)
+    check_img_size("img_size", options.img_size)
     choice("augment_on", options.augment_on, AUGMENT_ON)
-    for name in ("img_size", "projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
+    for name in ("projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
         _positive(name, getattr(options, name))
     if options.tau_base is not None and not 0 <= options.tau_base <= 1:
         raise UsageError(f"--tau-base must lie between 0 and 1, not {options.tau_base}")
 
 
 def validate_dino(options: DINOConfig) -> None:
+    check_fields(options)
+    check_img_size("img_size", options.img_size)
+    check_img_size("local_crop_size", options.local_crop_size)
     choice("preset", options.preset, ("auto", "imagenet"))
     choice("augment_on", options.augment_on, AUGMENT_ON)
-    for name in ("img_size", "out_dim", "hidden_dim", "bottleneck_dim", "teacher_temp", "warmup_teacher_temp",
-                 "student_temp", "local_crop_size"):
+    for name in ("out_dim", "hidden_dim", "bottleneck_dim", "teacher_temp", "warmup_teacher_temp",
+                 "student_temp"):
         _positive(name, getattr(options, name))
     for name in ("warmup_teacher_temp_epochs", "freeze_last_layer", "local_crops_number", "drop_path_rate"):
         _positive(name, getattr(options, name), allow_zero=True)
@@ -440,7 +548,9 @@ def validate_dino(options: DINOConfig) -> None:
 
 
 def validate_mae(options: MAEConfig) -> None:
-    for name in ("img_size", "decoder_dim", "decoder_depth", "decoder_heads", "blr"):
+    check_fields(options)
+    check_img_size("img_size", options.img_size)
+    for name in ("decoder_dim", "decoder_depth", "decoder_heads", "blr"):
         _positive(name, getattr(options, name))
     if not 0 < options.mask_ratio < 1:
         raise UsageError(f"--mask-ratio must lie strictly between 0 and 1, not {options.mask_ratio}")
