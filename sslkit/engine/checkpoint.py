@@ -167,14 +167,17 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     metadata = raw_metadata(path)
     if metadata.get("format") != FORMAT:  # a plain state dict in timm names (`sslkit export`, timm's own files)
         state = foreign.backbone_state(read_tensors(path), checkpoint_key, path)
-        exported_size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else None
+        exported_size = foreign.plausible_img_size(metadata["img_size"], path) if "img_size" in metadata else None
         return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options,
                              allow_partial, metadata.get("licence"))
+    missing = [key for key in ("arch", "img_size", "method") if key not in metadata]
+    if missing:
+        raise UsageError(f"{path} is an sslkit checkpoint without its {', '.join(missing)} metadata")
     if arch and arch != metadata["arch"]:
         raise UsageError(f"--arch {arch} does not match {path}, an sslkit checkpoint of {metadata['arch']}; "
                          "drop --arch (sslkit files name their architecture)")
+    arch, trained_size = metadata["arch"], foreign.plausible_img_size(metadata["img_size"], path)
     checkpoint_key, state = sslkit_backbone(path, metadata, checkpoint_key)
-    arch, trained_size = metadata["arch"], int(metadata["img_size"])
     module = create_backbone(arch, trained_size, **vit_options)
     load_weights(module, state, path, allow_partial)
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
@@ -194,7 +197,9 @@ def sslkit_backbone(path: Path, metadata: dict[str, str], checkpoint_key: str) -
 def backbone_network(path: Path, metadata: dict[str, str], checkpoint_key: str) -> tuple[str, str]:
     """The key and the network name (its ``model.<name>.`` prefix) of the backbone ``checkpoint_key`` names; a
     checkpoint with one network (MAE's encoder, an export) gives that one, whatever the key."""
-    networks = json.loads(metadata.get("backbones", "{}"))
+    networks = metadata_json(metadata, "backbones", path) or {}
+    if not isinstance(networks, dict) or not all(isinstance(v, str) for v in networks.values()):
+        raise UsageError(f"{path}: metadata backbones is not a map of backbone names to network names")
     if len(networks) == 1:
         checkpoint_key = next(iter(networks))
     if checkpoint_key not in networks:
@@ -202,8 +207,19 @@ def backbone_network(path: Path, metadata: dict[str, str], checkpoint_key: str) 
     return checkpoint_key, networks[checkpoint_key]
 
 
+def metadata_json(metadata: dict[str, str], key: str, path: Path):
+    """The JSON value of metadata ``key`` (None when absent), refused in one line when it is not JSON."""
+    if key not in metadata:
+        return None
+    try:
+        return json.loads(metadata[key])
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise UsageError(f"{path}: metadata {key} is not valid JSON") from None
+
+
 def model_path(spec: str) -> Path:
-    """The file a MODEL argument names: a run directory's last checkpoint, or the file itself."""
+    """The file a MODEL argument names: a run directory's last checkpoint, or the file itself, which must be a
+    regular file (after links): reading a named pipe or a device would wait or never end."""
     path = Path(spec)
     if path.is_dir():
         path = path / "checkpoints" / "last.safetensors"
@@ -211,6 +227,9 @@ def model_path(spec: str) -> Path:
             raise UsageError(f"{spec} is a folder without checkpoints/last.safetensors (not an sslkit run)")
     elif not path.exists():
         raise UsageError(f"model not found: {spec} (give a run directory, a .safetensors or .pth file, or timm:ARCH)")
+    elif not path.is_file():
+        raise UsageError(f"{spec} is not a regular file (a pipe, socket or device); give a run directory, a "
+                         ".safetensors or .pth file, or timm:ARCH")
     if path.suffix not in foreign.SUFFIXES and path.suffix != ".safetensors":
         raise UsageError(f"{spec}: expected a run directory, a .safetensors, .pth or .ckpt file, or timm:ARCH")
     return path
@@ -220,7 +239,7 @@ def _load_foreign(state: dict[str, torch.Tensor], path: Path, img_size: int | No
                   vit_options: dict, allow_partial: bool, licence: str | None) -> LoadedBackbone:
     """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a timm file's or an export's."""
     arch = arch or foreign.infer_arch(state, path)
-    native = foreign.native_img_size(state)
+    native = foreign.native_img_size(state, path)
     module = create_backbone(arch, native, **foreign.vit_options(state), **vit_options)
     load_weights(module, state, path, allow_partial)
     if img_size and img_size != native and is_vit(module) and "dynamic_img_size" not in vit_options:

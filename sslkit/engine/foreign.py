@@ -11,6 +11,8 @@ from pathlib import Path
 import timm
 import torch
 
+from sslkit.config import MAX_IMG_SIZE
+from sslkit.engine.picklescan import check_torch_file
 from sslkit.errors import UsageError
 
 SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
@@ -31,13 +33,55 @@ def _plain_dict(*args) -> dict:
     return {}
 
 
-_BUILTINS = {f"builtins.{t.__name__}": t for t in (int, float, str, bool, dict, list, tuple, set, frozenset, bytes)}
+MAX_SCALAR = 1 << 20  # characters, bytes or bits a pickled str() / int() / bytes() call may take
+
+
+class Refused(Exception):
+    """A pickled call that a bounded stand-in of a builtin refuses (see :class:`Builtin`)."""
+
+
+class Builtin:
+    """A builtin type as the unpickler may call it: with arguments whose cost is their own size only. The raw
+    type would take ``bytes(10**10)`` (10 GB of zeros from a 400-byte file) or ``str()`` of a container whose
+    items share one another 2**30 times. Shown as the type itself when a file stores the type as a value."""
+
+    def __init__(self, kind: type, takes: tuple[type, ...], most: int, rule: str):
+        self.kind, self.takes, self.most, self.rule = kind, takes, most, rule
+
+    def __call__(self, *args):
+        if len(args) > self.most or not all(isinstance(a, self.takes) and _small(a) for a in args):
+            given = ", ".join(type(a).__name__ for a in args[:4])
+            raise Refused(f"{self.kind.__name__}({given}), but sslkit's {self.kind.__name__} takes {self.rule}")
+        return self.kind(*args)
+
+    def __repr__(self) -> str:
+        return repr(self.kind)
+
+
+def _small(value) -> bool:
+    if isinstance(value, int):
+        return value.bit_length() <= MAX_SCALAR
+    return not isinstance(value, (str, bytes)) or len(value) <= MAX_SCALAR
+
+
+_SCALARS = (str, bytes, int, float)  # bool is an int
+_CONTAINERS = (list, tuple, set, frozenset, dict)  # already built, so copying one costs its own size
+# builtins.set, bytearray and complex are torch's own defaults, which it resolves before these: the pickle scan
+# (_check_call) bounds them
+_SCALAR_RULE = f"only a str, bytes, int or float of at most {MAX_SCALAR:,} characters (or bits)"
+_BUILTINS = {
+    **{f"builtins.{t.__name__}": Builtin(t, _SCALARS, 3, _SCALAR_RULE) for t in (int, float, str, bool)},
+    **{f"builtins.{t.__name__}": Builtin(t, _CONTAINERS, 1, "only a container already read, or nothing")
+       for t in (dict, list, tuple, frozenset)},
+    "builtins.bytes": Builtin(bytes, (str, bytes, list, tuple), 3,  # bytes(n) is n zero bytes
+                              "a str, bytes or list, never an int (a length)"),
+}
 _ATTRIBUTE_DICTS = ("lightning.fabric.utilities.data.AttributeDict", "pytorch_lightning.utilities.parsing.AttributeDict")
 
 
 def _stand_in(name: str):
     """What the unpickler may build for the global ``name``, or None when the file is refused: the argparse
-    Namespace of DINO's and MAE's checkpoints, plain containers, and configuration objects as inert data."""
+    Namespace of DINO's and MAE's checkpoints, bounded builtins, and configuration objects as inert data."""
     if name == "argparse.Namespace":
         return argparse.Namespace
     if name in _BUILTINS:
@@ -53,8 +97,10 @@ def _stand_in(name: str):
 
 def read_torch_file(path: Path) -> dict:
     """A ``torch.save`` file read with ``torch.load(weights_only=True)``: tensors and containers, plus the
-    stand-ins of :func:`_stand_in`. A file that pickles anything else (a function, a class of unknown code) is
-    refused before any of it is unpickled."""
+    stand-ins of :func:`_stand_in`. A file that pickles anything else (a function, a class of unknown code), or
+    whose reading would cost far more than its size (:func:`check_torch_file`), is refused before any of it is
+    unpickled."""
+    check_torch_file(path)
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # not a zip-format file: the weights-only unpickler alone decides
@@ -67,6 +113,8 @@ def read_torch_file(path: Path) -> dict:
     try:
         with torch.serialization.safe_globals(allowed):
             data = torch.load(path, map_location="cpu", weights_only=True)
+    except Refused as error:
+        raise UsageError(f"{path}: its pickle calls {error}, so sslkit refuses the file") from None
     except Exception as error:  # pickle errors name the refused class; anything else is an unreadable file
         raise UsageError(f"cannot read {path} as a weights-only PyTorch file ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -78,20 +126,62 @@ def _names(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def plain(value):
-    """A JSON-ready copy of unpickled settings (dicts, Namespaces, configuration objects)."""
-    if isinstance(value, ConfigValue):
-        fields = vars(value)
-        return plain(fields.get("_content", fields.get("_val")))
-    if isinstance(value, argparse.Namespace):
-        value = vars(value)
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+def plausible_img_size(value, path, what: str = "metadata img_size") -> int:
+    """``value`` (an int, or a string of digits) as an image side in pixels, refused unless it is positive and
+    at most MAX_IMG_SIZE: a model is built at its trained size before anything else is checked, and a side of
+    2,000,000 asks for terabytes."""
+    size = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10 else value
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMG_SIZE:
+        raise UsageError(f"{path}: {what} {value!s:.40} is not a plausible image size (a whole number of pixels "
+                         f"from 1 to {MAX_IMG_SIZE})")
+    return size
+
+
+MAX_SETTINGS, MAX_DEPTH = 100_000, 64  # values and levels of a file's settings that `sslkit info` shows
+
+
+def plain(value, path: Path):
+    """A JSON-ready copy of unpickled settings (dicts, Namespaces, configuration objects). A few bytes of
+    shared references describe a settings tree of 2**40 values, or a cycle: past MAX_SETTINGS values or
+    MAX_DEPTH levels the file is refused."""
+    left = MAX_SETTINGS
+
+    def copy(value, depth: int):
+        nonlocal left
+        left -= 1
+        if left < 0 or depth > MAX_DEPTH:
+            raise UsageError(f"{path}: its settings unfold to more than {MAX_SETTINGS:,} values or {MAX_DEPTH} "
+                             "levels (shared or circular references); sslkit does not show them")
+        if isinstance(value, ConfigValue):
+            fields = vars(value)
+            return copy(fields.get("_content", fields.get("_val")), depth + 1)
+        if isinstance(value, argparse.Namespace):
+            value = vars(value)
+        if isinstance(value, dict):
+            return {_key(k, copy, depth): copy(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [copy(v, depth + 1) for v in value]
+        if isinstance(value, (set, frozenset)):
+            return sorted((copy(v, depth + 1) for v in value), key=str)
+        return _leaf(value)
+
+    return copy(value, 0)
+
+
+def _key(key, copy, depth: int) -> str:
+    return key if isinstance(key, str) else str(copy(key, depth + 1))
+
+
+def _leaf(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if isinstance(value, torch.Tensor):
         return f"tensor of shape {list(value.shape)}"
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    if isinstance(value, (complex, type, Builtin, torch.dtype, torch.device, torch.layout)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value):,} bytes"
+    return f"<{type(value).__name__}>"  # a storage or the like: its text could be the whole file
 
 
 # ---------------------------------------------------------------- what a file holds
@@ -124,11 +214,11 @@ def describe(data: dict) -> str:
     return "PyTorch state dict"
 
 
-def settings(data: dict) -> dict | None:
+def settings(data: dict, path: Path) -> dict | None:
     """The training settings a file carries: DINO's / MAE's ``args``, Lightning's ``hyper_parameters``."""
     for key in ("args", "hyper_parameters"):
         if key in data and data[key] is not None:
-            return plain(data[key])
+            return plain(data[key], path)
     return None
 
 
@@ -165,15 +255,32 @@ def backbone_state(data: dict, checkpoint_key: str, path: Path) -> dict[str, tor
             data = data[key]
             break
     state = {}
-    for name, value in data.items():
-        if isinstance(value, torch.Tensor):
-            for prefix in ("module.", "backbone."):
-                name = name.removeprefix(prefix)
-            state[name] = value
+    for name, value in _tensors(data, path).items():
+        for prefix in ("module.", "backbone."):
+            name = name.removeprefix(prefix)
+        state[name] = value
     state = _without_heads(state)
     if not state:
         raise UsageError(f"{path} holds no tensors under '{checkpoint_key}', 'model' or 'state_dict'")
     return state
+
+
+def _tensors(data: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``data`` under string names, each refused unless the file stores all its elements."""
+    tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    for name, tensor in tensors.items():
+        if not _dense(tensor):
+            raise UsageError(f"{path}: tensor {name} of shape {list(tensor.shape)} is not stored element by "
+                             "element (sparse, meta or a stride trick); sslkit reads dense weights only")
+    return tensors
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether the file holds every element of ``tensor``: a stride of 0 gives a few stored bytes any shape,
+    and code that trusts shapes (building a model, resampling a position embedding) would allocate it."""
+    if tensor.layout != torch.strided or tensor.is_meta or tensor.is_nested:
+        return False
+    return tensor.numel() * tensor.element_size() <= tensor.untyped_storage().nbytes()
 
 
 def _without_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -184,6 +291,7 @@ def _lightning_backbone(state_dict: dict, checkpoint_key: str, path: Path) -> di
     """A Lightning module's backbone: the momentum (EMA) one for ``teacher`` when it has one, else the online
     one. lightly's ``vit.`` wrapper and Sequential-wrapped ResNets are named as timm names them."""
     prefixes = LIGHTNING_TEACHERS + LIGHTNING_STUDENTS if checkpoint_key == "teacher" else LIGHTNING_STUDENTS
+    state_dict = _tensors(state_dict, path)
     for prefix in prefixes:
         state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if state:
@@ -202,11 +310,11 @@ def _lightning_backbone(state_dict: dict, checkpoint_key: str, path: Path) -> di
 MAE_DECODER = ("decoder_", "mask_token")
 
 
-def mae_state(data: dict) -> dict[str, torch.Tensor]:
+def mae_state(data: dict, path: Path | str = "the MAE file") -> dict[str, torch.Tensor]:
     """An official MAE file's ``model`` dict in the names of sslkit's MAE: the encoder under ``backbone.``,
     the decoder and mask token as they are."""
     state = data["model"] if isinstance(data.get("model"), dict) else data
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = {k.removeprefix("module."): v for k, v in _tensors(state, path).items()}
     return {(k if k.startswith(MAE_DECODER) else f"backbone.{k}"): v for k, v in state.items()}
 
 
@@ -223,13 +331,18 @@ def vit_options(state: dict[str, torch.Tensor]) -> dict:
     return {}
 
 
-def native_img_size(state: dict[str, torch.Tensor]) -> int:
-    """The image side a ViT state dict's position embedding was made for (224 for conv nets)."""
+def native_img_size(state: dict[str, torch.Tensor], path: Path | str = "the model file") -> int:
+    """The image side a ViT state dict's position embedding was made for (224 for conv nets), refused unless
+    plausible (:func:`plausible_img_size`)."""
     if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
         return 224
-    prefix = int("cls_token" in state) + (state["reg_token"].shape[1] if "reg_token" in state else 0)
-    side = math.isqrt(state["pos_embed"].shape[1] - prefix)
-    return side * state["patch_embed.proj.weight"].shape[-1]
+    pos_embed, weight, reg = state["pos_embed"], state["patch_embed.proj.weight"], state.get("reg_token")
+    if pos_embed.ndim != 3 or weight.ndim != 4:
+        raise UsageError(f"{path}: pos_embed {list(pos_embed.shape)} and patch_embed.proj.weight "
+                         f"{list(weight.shape)} are not the shapes of a ViT's")
+    prefix = int("cls_token" in state) + (reg.shape[1] if reg is not None and reg.ndim == 3 else 0)
+    side = math.isqrt(max(pos_embed.shape[1] - prefix, 0)) * weight.shape[-1]
+    return plausible_img_size(side, path, "its position embedding's image side")
 
 
 # ---------------------------------------------------------------- the architecture

@@ -3,8 +3,6 @@ training progress and settings, and how its backbone tensors fit the architectur
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from sslkit.engine import checkpoint as ckpt, foreign
@@ -27,17 +25,16 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
     info: dict = {"model": spec, "file": str(path), "bytes": path.stat().st_size}
     if path.suffix in foreign.SUFFIXES:
         data = foreign.read_torch_file(path)
-        info.update(_torch_kind(data))
+        info.update(_torch_kind(data, path))
         state, metadata = foreign.backbone_state(data, checkpoint_key, path), {}
     else:
         metadata = ckpt.raw_metadata(path)
         if metadata.get("format") == ckpt.FORMAT:
             key, state = ckpt.sslkit_backbone(path, metadata, checkpoint_key)
             info.update(kind="sslkit checkpoint", method=metadata.get("method"),
-                        backbones=sorted(json.loads(metadata.get("backbones", "{}"))),
+                        backbones=sorted(ckpt.metadata_json(metadata, "backbones", path) or {}),
                         backbone=key, step=_number(metadata.get("step")), epoch=_number(metadata.get("epoch")),
-                        precision=metadata.get("precision"),
-                        config=json.loads(metadata["config"]) if "config" in metadata else None,
+                        precision=metadata.get("precision"), config=ckpt.metadata_json(metadata, "config", path),
                         licence=metadata.get("licence"), tensors=len(ckpt.read_tensors(path)))
         else:
             state = foreign.backbone_state(ckpt.read_tensors(path), checkpoint_key, path)
@@ -48,17 +45,20 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
     arch = arch or metadata.get("arch") or _infer(state, path, info)
     if arch is None:
         return info
-    size = int(metadata["img_size"]) if metadata.get("img_size", "").isdigit() else foreign.native_img_size(state)
+    if "img_size" in metadata:
+        size = foreign.plausible_img_size(metadata["img_size"], path)
+    else:
+        size = foreign.native_img_size(state, path)
     module = create_backbone(arch, size, **foreign.vit_options(state))
     info.update(arch=arch, img_size=size, patch_size=patch_size(module), vit=is_vit(module),
                 parameters=_count(module), keys=_fits(module, state))
     return info
 
 
-def _torch_kind(data: dict) -> dict:
-    info = {"kind": foreign.describe(data), "licence": foreign.licence(data),
-            "entries": sorted(k for k in data if not isinstance(data[k], torch.Tensor))[:20]}
-    settings = foreign.settings(data)
+def _torch_kind(data: dict, path) -> dict:
+    entries = sorted(k for k, v in data.items() if isinstance(k, str) and not isinstance(v, torch.Tensor))
+    info = {"kind": foreign.describe(data), "licence": foreign.licence(data), "entries": entries[:20]}
+    settings = foreign.settings(data, path)
     if settings is not None:
         info["args"] = settings
     for key in ("epoch", "global_step"):
@@ -86,4 +86,5 @@ def _count(module) -> int:
 
 
 def _number(value: str | None):
-    return int(value) if value is not None and value.isdigit() else value
+    """A metadata count as an int; anything else (a hostile "²" or a million digits) as the string it is."""
+    return int(value) if value is not None and value.isascii() and value.isdigit() and len(value) < 19 else value

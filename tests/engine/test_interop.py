@@ -243,13 +243,14 @@ def test_a_file_that_pickles_code_is_refused_without_running_it(tmp_path, payloa
     path = tmp_path / f"checkpoint{suffix}"
     torch.save({"model": vit.state_dict(), "args": argparse.Namespace(lr=1.0), "extra": extra}, path)
     for command in (["info", str(path)], ["export", str(path), "--out", str(tmp_path / "x.safetensors")],
-                    ["pretrain", "mae", str(tmp_path), "--out", str(tmp_path / "run"), "--continue-from", str(path)]):
+                    ["pretrain", "mae", str(tmp_path), "--out", str(tmp_path.parent / f"{tmp_path.name}-run"),
+                     "--continue-from", str(path)]):
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
         assert named in result.output and "does not unpickle code" in result.output
         assert "Traceback" not in result.output
     assert not marker.exists()
-    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "run").exists()
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path.parent / f"{tmp_path.name}-run").exists()
     with pytest.raises(UsageError):
         foreign.read_torch_file(path)
     assert not marker.exists()
