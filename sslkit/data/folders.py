@@ -1,16 +1,16 @@
 """Datasets over folders of images: labelled (one sub-folder per class) or not (every image, recursively).
 
 Images are read with Pillow and converted to RGB. Files that cannot be opened are left out when the folder
-is listed, with one warning that counts them; a file that fails later while decoding is replaced by the
-next image so that a long run never dies on one bad file.
+is listed, with one warning that counts them (and one for folders that cannot be read); a file that fails
+later while decoding is replaced by the next image so that a long run never dies on one bad file.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import sys
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,22 +84,50 @@ class ImageFolder(Dataset):
 
     def _load(self, index: int) -> Image.Image:
         for offset in range(len(self.files)):
-            path = self.files[(index + offset) % len(self.files)]
-            try:
-                return load_rgb(path)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                if path not in _WARNED:  # once per file and process, not once per epoch
-                    _WARNED.add(path)
-                    print(f"warning: skipping an image that fails to decode, {shown(path)}: {error}", file=sys.stderr)
+            image = load_or_skip(self.files[(index + offset) % len(self.files)])
+            if image is not None:
+                return image
         raise UsageError(f"no image in {self.root} can be decoded")
+
+
+def load_or_skip(path: Path) -> Image.Image | None:
+    """``load_rgb(path)``, or None with a warning (once per file and process, not once per epoch) when the
+    file fails to decode, for whatever reason: Pillow raises SyntaxError, struct.error, IndexError, ... as
+    well as OSError for some broken files."""
+    try:
+        return load_rgb(path)
+    except Exception as error:
+        if path not in _WARNED:
+            _WARNED.add(path)
+            console.warn(f"skipping an image that fails to decode, {shown(path)}: {_why(error)}")
+        return None
+
+
+def decoded(files: Iterable[Path]) -> Iterator[tuple[Path, Image.Image]]:
+    """``(path, RGB image)`` for each of ``files`` that decodes, in order; the others are skipped with
+    ``load_or_skip``'s warning. Raises UsageError at the end when none of them decodes."""
+    files = list(files)
+    count = 0
+    for path in files:
+        image = load_or_skip(path)
+        if image is not None:
+            count += 1
+            yield path, image
+    if count == 0:
+        raise UsageError(f"none of the {len(files)} images can be decoded")
 
 
 _WARNED: set[Path] = set()
 
 
-def shown(path: Path) -> str:
-    """A path printable on any terminal: bytes that are not UTF-8 (legal in Linux file names) as escapes."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def shown(path: Path | str) -> str:
+    """A path printable on any terminal as one line: bytes that are not UTF-8 (legal in Linux file names) and
+    control characters (a newline, ANSI escapes) as escapes."""
+    return console.printable(str(path))
+
+
+def _why(error: Exception) -> str:
+    return shown(str(error) or type(error).__name__)
 
 
 @contextmanager
@@ -134,22 +162,32 @@ def balanced_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
 
 
 def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]:
-    if not root.exists():
-        raise UsageError(f"folder not found: {root}")
-    if not root.is_dir():
+    try:
+        is_folder = stat.S_ISDIR(os.stat(root).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(f"folder not found: {root}") from None
+    except OSError as error:  # e.g. a parent folder that may not be searched
+        raise UsageError(f"cannot read {shown(root)} ({error.strerror})") from None
+    if not is_folder:
         raise UsageError(f"not a folder: {root}")
     if not labelled:
         files = images_under(root)
         if not files:
             raise UsageError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files, [-1] * len(files), []
-    files, labels, classes = [], [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        found = images_under(class_dir)
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as error:
+        raise UsageError(f"cannot read {shown(root)} ({error.strerror})") from None
+    files, labels, classes, unreadable = [], [], [], []
+    for class_dir in class_dirs:
+        found, bad_folders = _walk(class_dir)
+        unreadable += bad_folders
         if found:
             labels += [len(classes)] * len(found)
             classes.append(class_dir.name)
             files += found
+    _warn_unreadable_folders(unreadable)
     if not classes:
         raise UsageError(f"no class sub-folders with images in {root} (expected {root}/<class>/<image>)")
     return files, labels, classes
@@ -158,9 +196,23 @@ def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]
 def images_under(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively and sorted; symbolic links are followed, each real folder
     is read once (a link back up the tree is no endless loop), and only regular files count (a named pipe
-    called x.png would block the reader)."""
-    found, seen = [], set()
-    for directory, subdirs, names in os.walk(folder, followlinks=True):
+    called x.png would block the reader). Sub-folders that cannot be read are left out with one warning;
+    ``folder`` itself unreadable is a UsageError."""
+    found, unreadable = _walk(folder)
+    if unreadable and unreadable[0][0] == Path(folder):  # the walk reads the top folder first
+        raise UsageError(f"cannot read {shown(folder)} ({unreadable[0][1]})")
+    _warn_unreadable_folders(unreadable)
+    return found
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files under ``folder`` and the folders that could not be read, with why."""
+    found, seen, unreadable = [], set(), []
+
+    def note(error: OSError) -> None:
+        unreadable.append((Path(error.filename), error.strerror or str(error)))
+
+    for directory, subdirs, names in os.walk(folder, onerror=note, followlinks=True):
         info = os.stat(directory)
         if (info.st_dev, info.st_ino) in seen:
             subdirs.clear()
@@ -169,9 +221,21 @@ def images_under(folder: Path) -> list[Path]:
         subdirs.sort()
         for name in sorted(names):
             path = Path(directory, name)
-            if path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or not path.exists()):
-                found.append(path)  # a dangling link stays, to be counted as unreadable
-    return found
+            if path.suffix.lower() in IMAGE_EXTENSIONS and _regular_or_unreadable(path):
+                found.append(path)
+    return found, unreadable
+
+
+def _regular_or_unreadable(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a dangling link, a name too long for the OS: kept, to be counted as unreadable
+        return True
+
+
+def _warn_unreadable_folders(unreadable: list[tuple[Path, str]]) -> None:
+    if unreadable:
+        console.warn(f"skipped {len(unreadable)} unreadable folder(s): {_listed(unreadable)}")
 
 
 def _problems(files: list[Path]) -> list[str | None]:
@@ -193,17 +257,15 @@ def _problem(path: Path) -> str | None:
             if image.width < 1 or image.height < 1:
                 return "no pixels"
             image_format = image.format
+        return None if _complete(path, image_format) else "truncated"
     except Image.DecompressionBombError as error:  # Pillow's limit, left as the user set it
         return f"over Pillow's decompression-bomb limit: {str(error).split(', could be')[0]}"
     except UnidentifiedImageError:
         return "not an image" if path.stat().st_size else "empty file"
     except OSError as error:  # permissions, a dangling link
-        return error.strerror or str(error)
-    except ValueError as error:
-        return str(error)
-    if not _complete(path, image_format):
-        return "truncated"
-    return None
+        return error.strerror or _why(error)
+    except Exception as error:  # ValueError, and SyntaxError, struct.error, ... from some broken headers
+        return _why(error)
 
 
 def _complete(path: Path, image_format: str | None) -> bool:
