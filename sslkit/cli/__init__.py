@@ -4,8 +4,9 @@ import sys
 
 import typer
 
-from sslkit import __version__
+from sslkit import __version__, console
 from sslkit.cli import attention, copydetect, export, finetune, info, pretrain, probe, reconstruct
+from sslkit.cli.common import fail
 
 app = typer.Typer(
     name="sslkit",
@@ -51,4 +52,27 @@ def _dashed(arg: str) -> str:
 
 
 def main() -> None:
-    app(args=dashed(sys.argv[1:]), prog_name="sslkit")
+    console.route_warnings()
+    # not standalone: a command line Typer rejects comes back here to be told in one line; typer.Exit comes
+    # back as its exit code
+    try:
+        code = app(args=dashed(sys.argv[1:]), prog_name="sslkit", standalone_mode=False)
+    except typer.TyperException as error:  # Typer's (vendored) Click exceptions derive from it
+        code = command_line_error(error)
+    except typer.Abort:  # end of input at a prompt
+        code = fail("aborted", 1).exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def command_line_error(error: typer.TyperException) -> int:
+    """A missing argument, an unknown option, a value of the wrong type: Typer's message as one line like
+    every other error, instead of its boxed usage text; returns the exit code."""
+    if type(error).__name__ == "NoArgsIsHelpError":  # a bare ``sslkit probe``: Typer's rich help has printed
+        if error.format_message():  # itself on stdout; without rich the help is the message
+            typer.echo(error.format_message())
+        return error.exit_code
+    message = error.format_message()
+    context = getattr(error, "ctx", None)
+    if context is not None:
+        message += f" (see {context.command_path} --help)"
+    return fail(message, error.exit_code).exit_code

@@ -13,6 +13,8 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sslkit import console
+
 
 class EpochSampler(Sampler):
     """A fresh permutation per epoch from ``(seed, epoch)``, yielding ``(index, sample_seed)`` pairs.
@@ -51,7 +53,8 @@ def default_workers() -> int:
     return max(1, min(8, cores - 1))
 
 
-def _worker_init(main_exiting, _: int) -> None:
+def _worker_init(main_exiting, quiet: bool, _: int) -> None:
+    console.route_warnings(quiet)  # a worker started fresh (forkserver, spawn) speaks like the main process
     # Ctrl-C goes to the whole process group, and schedulers (SLURM's scancel, Kubernetes) send SIGTERM to
     # every process of a job: only the main process handles them (it writes a checkpoint, then stops the
     # workers), so a worker ignores both. It stops instead when the main process exits: multiprocessing then
@@ -96,7 +99,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        worker_init_fn=partial(_worker_init, _main_exiting()) if workers > 0 else None,
+        worker_init_fn=partial(_worker_init, _main_exiting(), console.is_quiet()) if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
         # each new iterator draws a base seed; from its own generator it leaves the global RNG (drop path,
         # masking) untouched, so a run resumed mid-epoch draws the same random numbers as an uninterrupted one
