@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +22,19 @@ import torch.nn.functional as F
 
 from sslkit import config as cfg, console
 from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, PretrainConfig, TrainConfig
-from sslkit.data.folders import ImageFolder, images_under, load_rgb
+from sslkit.data.folders import ImageFolder, decoded, images_under
 from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip_view, eval_transform
 from sslkit.engine import rundir
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import choose_precision, resolve_device
+from sslkit.engine.progress import read_records
 from sslkit.engine.trainer import Evaluation, Trainer
 from sslkit.engine.warmstart import announce, read_weights, warm_start
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify
-from sslkit.files import write_json
+from sslkit.files import OutputFolder
 from sslkit.methods import METHODS
 from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, has_weights, is_vit, patch_size
 
@@ -47,14 +49,17 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     spec = METHODS[method]
+    classes = (TrainConfig, ContinueConfig, spec.config)
     values = cfg.load_file(config) if config else {}
+    cfg.check_known(values, *classes, source=config)
     values.update({k: v for k, v in settings.items() if v is not None})
-    cfg.check_known(values, TrainConfig, ContinueConfig, spec.config)
+    cfg.check_known(values, *classes)
     out = Path(out)
     if resume:
-        values = _resume_settings(out, values)
+        values = _resume_settings(out, values, method)
     else:
-        rundir.check_new_run(out, values.get("force", False))
+        inputs = [Path(data), *(Path(values[k]) for k in ("eval_train", "eval_val") if values.get(k))]
+        rundir.check_new_run(out, values.get("force", False), tuple(inputs))
     start = cfg.build(ContinueConfig, values)
     cfg.choice("checkpoint_key", start.checkpoint_key, ("teacher", "student"))
     weights = None
@@ -83,12 +88,20 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     return Trainer(model, dataset, train, out, run_config, evaluation, provenance).fit(resume=resume)
 
 
-def _resume_settings(out: Path, given: dict) -> dict:
+def _resume_settings(out: Path, given: dict, method: str) -> dict:
     """The run's saved settings; given settings may only change how it runs (device, workers, ...)."""
     config_file = out / "config.json"
     if not config_file.is_file():
         raise UsageError(f"--resume: {out} is not an sslkit run (no config.json)")
-    saved = cfg.flatten(json.loads(config_file.read_text()))
+    try:
+        recorded = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--resume: cannot read {config_file} ({error})") from None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("method"), str):
+        raise UsageError(f"--resume: {config_file} is not the config of an sslkit run")
+    if recorded["method"] != method:
+        raise UsageError(f"--resume: {out} is a {recorded['method']} run, not a {method} run")
+    saved = cfg.flatten(recorded)
     conflicts = [k for k, v in given.items() if k not in cfg.OPERATIONAL_FIELDS and _differs(v, saved.get(k))]
     if conflicts:
         shown = ", ".join(f"{k}={given[k]!r} (run has {saved.get(k)!r})" for k in conflicts)
@@ -148,7 +161,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
     cfg.validate_linear(options)
     recipe = RECIPES[options.recipe]
     if options.out:
-        rundir.check_new_run(Path(options.out), options.force)
+        rundir.check_new_run(Path(options.out), options.force, (Path(train), Path(val)))
     frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
     train_set, val_set, val_labels = frozen.labelled_sets()
     val_features, _ = frozen.features(val_set, "val")
@@ -247,9 +260,9 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     values = {k: v for k, v in settings.items() if v is not None}
     out = Path(out)
     if resume:
-        values = _resume_settings(out, values)
+        values = _resume_settings(out, values, "finetune")
     else:
-        rundir.check_new_run(out, values.get("force", False))
+        rundir.check_new_run(out, values.get("force", False), (Path(train), Path(val)))
     cfg.check_known(values, TrainConfig, FinetuneConfig)
     options = cfg.build(FinetuneConfig, {**values, "model": str(model), "train": str(train), "val": str(val),
                                          "out": str(out)})
@@ -313,7 +326,7 @@ def _finetune_train_config(values: dict, batch_size: int, blr: float) -> TrainCo
 
 def _val_history(out: Path, best: dict) -> dict:
     """Last and best val accuracy and the per-epoch curves, from the run's metrics.jsonl."""
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    records = read_records(out / "metrics.jsonl")
     scored = [r for r in records if "val_top1" in r]
     return {
         "top1": scored[-1]["val_top1"], "top5": scored[-1]["val_top5"],
@@ -557,73 +570,70 @@ def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key:
 
 def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,
               threshold: float | None = None, checkpoint_key: str = "teacher", arch: str | None = None,
-              allow_partial: bool = False, device: str = "auto") -> dict:
+              allow_partial: bool = False, device: str = "auto", force: bool = False) -> dict:
     """Last-block CLS self-attention maps of a ViT for each image (files, or folders searched recursively).
 
     Writes, per image, ``out/<name>/``: ``img.png`` (the resized input), ``attn-head{j}.png``, ``attn-mean.png``,
     ``overlay.png`` and with ``threshold`` ``mask-th{t}-head{j}.png`` / ``mask-th{t}-mean.png``; returns (and
     writes to ``out/attention.json``) per image its size, patch grid and share of attention in the central region.
+    ``out`` may hold an earlier output of this command; with ``force`` other files too, never overwritten.
     """
     from sslkit.visualize import attention as viz
 
     cfg.choice("device", device, cfg.DEVICES)
     cfg.choice("checkpoint_key", checkpoint_key, ("teacher", "student"))
-    if img_size <= 0:
-        raise UsageError(f"--img-size must be positive, not {img_size}")
+    cfg.check_img_size("img_size", img_size)
     if threshold is not None and not 0 < threshold < 1:
         raise UsageError(f"--threshold must lie between 0 and 1, not {threshold}")
     files = image_files(images)
+    names = dict(zip(files, unique_names(files)))
+    out = OutputFolder(out, "attention", force)
+    out.claim([f"{names[path]}/{png}" for path in files for png in viz.picture_names(0, threshold)]
+              + ["attention.json"], files)  # what does not depend on the model, before it is loaded
     loaded = load_backbone(str(model), checkpoint_key, arch=arch, dynamic=True, allow_partial=allow_partial)
     if not is_vit(loaded.module):
         raise UsageError(f"{model} is a {loaded.arch}, not a vision transformer: it has no attention maps")
     torch_device = resolve_device(device)
     extractor = FeatureExtractor(loaded.module).to(torch_device)
     patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
-    out = Path(out)
+    pngs = viz.picture_names(loaded.module.blocks[-1].attn.num_heads, threshold)
+    out.claim([f"{names[path]}/{png}" for path in files for png in pngs], files)
     results = []
-    for path, name in console.track(zip(files, unique_names(files)), len(files), "attention maps"):
-        image = viz.prepare_image(load_rgb(path), img_size, patch)
+    for path, picture in console.track(decoded(files), len(files), "attention maps"):
+        image = viz.prepare_image(picture, img_size, patch)
         grid = (image.shape[-2] // patch, image.shape[-1] // patch)
         probs = viz.last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)))
         maps = viz.cls_attention(probs, prefix, grid)[0].cpu()  # (heads, h, w)
-        mean = maps.mean(dim=0)
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = image.permute(1, 2, 0).numpy()
-        viz.save_png(pixels, folder / "img.png")
-        for head, values in enumerate(maps):
-            viz.save_png(viz.heat_map(values, patch), folder / f"attn-head{head}.png")
-        viz.save_png(viz.heat_map(mean, patch), folder / "attn-mean.png")
-        viz.save_png(viz.overlay(pixels, viz.heat_map(mean, patch)), folder / "overlay.png")
-        if threshold is not None:
-            masks = viz.threshold_mask(torch.cat([maps, mean[None]]), threshold)
-            for head, mask in enumerate(masks[:-1]):
-                viz.save_png(viz.masked(pixels, mask, patch), folder / f"mask-th{threshold:g}-head{head}.png")
-            viz.save_png(viz.masked(pixels, masks[-1], patch), folder / f"mask-th{threshold:g}-mean.png")
-        results.append({"image": str(path), "out": str(folder), "size": list(image.shape[-2:]), "grid": list(grid),
-                        "heads": len(maps), "central_mass": round(float(viz.central_mass(mean)), 4)})
+        for png, array in zip(pngs, viz.pictures(image.permute(1, 2, 0).numpy(), maps, patch, threshold)):
+            out.write(f"{names[path]}/{png}", partial(viz.save_png, array))
+        results.append({"image": str(path), "out": str(out.root / names[path]), "size": list(image.shape[-2:]), "grid": list(grid),
+                        "heads": len(maps), "central_mass": round(float(viz.central_mass(maps.mean(dim=0))), 4)})
     summary = {
         "model": str(model), "description": loaded.description, "img_size": img_size, "patch_size": patch,
         "threshold": threshold, "images": results,
         "mean_central_mass": round(sum(r["central_mass"] for r in results) / len(results), 4),
     }
-    write_json(out / "attention.json", summary)
+    out.write("attention.json", partial(_write_summary, summary))
     return summary
 
 
 def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_ratio: float | None = None,
                 seed: int = 0, img_size: int | None = None, norm_pix: bool | None = None,
-                device: str = "auto") -> dict:
+                device: str = "auto", force: bool = False) -> dict:
     """MAE reconstructions: per image ``out/<name>.png``, a strip original | masked | reconstruction |
     reconstruction with the visible patches; returns (and writes to ``out/reconstruct.json``) each image's
-    masked-patch loss. The same ``seed`` masks the same patches.
+    masked-patch loss. The same ``seed`` masks the same patches. ``out`` may hold an earlier output of this
+    command; with ``force`` other files too, never overwritten.
     """
     from sslkit.visualize import reconstruct as viz
 
     cfg.choice("device", device, cfg.DEVICES)
-    if img_size is not None and img_size <= 0:
-        raise UsageError(f"--img-size must be positive, not {img_size}")
+    cfg.check_img_size("img_size", img_size)
+    cfg.check_seed(seed)
     files = image_files(images)
+    names = dict(zip(files, unique_names(files)))
+    out = OutputFolder(out, "reconstruct", force)
+    out.claim([f"{names[path]}.png" for path in files] + ["reconstruct.json"], files)
     mae, description = viz.load_mae(str(model), norm_pix)
     mask_ratio = mae.options.mask_ratio if mask_ratio is None else mask_ratio
     img_size = img_size or mae.options.img_size
@@ -634,14 +644,12 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_r
     labels = ["original", f"masked {mask_ratio:.0%}", "reconstruction", "reconstruction + visible"]
     footer = "norm-pix model: predictions shown with each true patch's mean and std" if norm_pix else \
         "pixel-loss model: predictions shown as predicted"
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path, name in console.track(zip(files, unique_names(files)), len(files), "reconstructions"):
-        shown = viz.reconstruct(mae, viz.prepare_image(load_rgb(path), img_size), mask_ratio, seed)
+    for path, picture in console.track(decoded(files), len(files), "reconstructions"):
+        shown = viz.reconstruct(mae, viz.prepare_image(picture, img_size), mask_ratio, seed)
         panels = [shown[k] for k in ("original", "masked", "reconstruction", "pasted")]
-        target = out / f"{name}.png"
-        viz.strip(panels, labels, footer).save(target)
+        strip = viz.strip(panels, labels, footer)
+        target = out.write(f"{names[path]}.png", partial(strip.save, format="PNG"))
         results.append({"image": str(path), "out": str(target), "masked_patches": int(shown["mask"].sum()),
                         "masked_mse": round(shown["loss"], 6)})
     summary = {
@@ -649,8 +657,12 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_r
         "mask_ratio": mask_ratio, "seed": seed, "norm_pix_loss": norm_pix, "images": results,
         "mean_masked_mse": round(sum(r["masked_mse"] for r in results) / len(results), 6),
     }
-    write_json(out / "reconstruct.json", summary)
+    out.write("reconstruct.json", partial(_write_summary, summary))
     return summary
+
+
+def _write_summary(summary: dict, path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:

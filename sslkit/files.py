@@ -99,8 +99,85 @@ def _check_creatable(folder: Path, what: str) -> None:
     _remove_quietly(Path(probe))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs: what tells a lock or a partial folder it left behind
+    from one in use."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        pass
+    return True
+
+
 def _remove_quietly(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+MANIFEST = ".sslkit-output.json"
+
+
+class OutputFolder:
+    """A folder a command fills with files (attention maps, reconstructions): new, empty, or holding an earlier
+    output of the same command, which its manifest ``.sslkit-output.json`` lists; with ``force`` other files
+    may be there too. Whatever the case, :meth:`claim` refuses, before any work, to overwrite an input or a
+    file sslkit did not write there."""
+
+    def __init__(self, root: str | Path, command: str, force: bool = False):
+        self.root, self.command = Path(root), command
+        check_output_folder(self.root, "--out")
+        self.ours = self._listed()
+        others = [p for p in self._files() if p not in self.ours and p != MANIFEST]
+        if others and not force:
+            raise UsageError(f"--out {self.root} holds files sslkit did not write there ({_few(others)}); choose a "
+                             "new or empty folder, or add --force to write beside them (they are never overwritten)")
+
+    def claim(self, names: list[str], inputs: list[Path]) -> None:
+        """Refuse, before anything is written, when writing ``names`` (paths relative to the folder) would
+        replace an input or a file sslkit did not write; then record them in the manifest."""
+        inputs_at = {os.path.realpath(p): p for p in inputs}
+        for name in names:
+            target = self.root / name
+            if os.path.realpath(target) in inputs_at:
+                raise UsageError(f"--out {self.root}: writing {name} would replace the input "
+                                 f"{inputs_at[os.path.realpath(target)]}; choose another --out")
+            if os.path.lexists(target) and name not in self.ours:
+                raise UsageError(f"--out {self.root}: {name} exists and sslkit did not write it; it is never "
+                                 "overwritten: choose another --out")
+            for parent in Path(name).parents:
+                if parent != Path(".") and (self.root / parent).exists() and not (self.root / parent).is_dir():
+                    raise UsageError(f"--out {self.root}: {parent} is a file, where a folder of outputs goes")
+        self.ours |= set(names)
+        self.recorded = False
+
+    def write(self, name: str, write: Callable[[Path], None]) -> Path:
+        """Write the claimed file ``name`` atomically (``write(tmp)`` fills it); the manifest lists it first."""
+        if not self.recorded:
+            write_json(self.root / MANIFEST, {"command": self.command, "files": sorted(self.ours)})
+            self.recorded = True
+        target = self.root / name
+        write_atomic(target, write)
+        return target
+
+    def _listed(self) -> set[str]:
+        try:
+            manifest = json.loads((self.root / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(manifest, dict) or manifest.get("command") != self.command:
+            return set()
+        return {name for name in manifest.get("files", []) if isinstance(name, str)}
+
+    def _files(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(str(Path(top, name).relative_to(self.root)) for top, _, names in os.walk(self.root)
+                      for name in names)
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import AllowPartial, Device, JsonOut, Quiet, examples, handle_errors, write_json
+from sslkit.cli.common import AllowPartial, Device, JsonOut, OutputForce, Quiet, examples, handle_errors, write_json
 
 
 def attention(
@@ -22,6 +22,7 @@ def attention(
     arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
     allow_partial: AllowPartial = False,
     device: Device = None,
+    force: OutputForce = False,
     json_path: JsonOut = None,
     quiet: Quiet = False,
 ):
@@ -31,7 +32,7 @@ def attention(
 
         results = api.attention(model, images, out, img_size=img_size, threshold=threshold,
                                 checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial,
-                                device=device or "auto")
+                                device=device or "auto", force=force)
         write_json(json_path, results)
         if not quiet:
             _show(results)

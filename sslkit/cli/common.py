@@ -32,17 +32,33 @@ AllowPartial = Annotated[bool, typer.Option(
     help="Experts: load the backbone tensors that fit and leave the rest as initialised (a warning lists them) "
          "instead of refusing a file that does not fit the architecture.")]
 Force = Annotated[bool, typer.Option(
-    "--force", help="Start over in a non-empty --out: the earlier run's checkpoints, metrics and config are deleted "
-                    "once the new run has started (other files stay).", rich_help_panel=RUN)]
+    "--force", help="Start over in an --out that holds a run: the earlier run's checkpoints, metrics and config are "
+                    "set aside, deleted once the new run has written its first checkpoint and put back if it fails "
+                    "before; files sslkit did not write are never touched.", rich_help_panel=RUN)]
+OutputForce = Annotated[bool, typer.Option(
+    "--force", help="Write into an --out that holds files sslkit did not write there; they are never overwritten "
+                    "(sslkit refuses instead).")]
 Keep = Annotated[Optional[int], typer.Option(
     help="Periodic checkpoints to keep: besides checkpoints/last.safetensors, the newest K as "
          "epoch-NNNN.safetensors (default 1: the last only).", rich_help_panel=RUN)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (results still go to --json).")]
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
+def writable_file(path: Path | None) -> Path | None:
+    """An option's callback: an output file that cannot be written is refused while the command line is read,
+    before any work."""
+    if path is not None:
+        try:
+            files.check_output_file(path, "")
+        except UsageError as error:
+            raise typer.BadParameter(str(error).strip()) from None
+    return path
+
+
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.",
+                                                 callback=writable_file)]
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {console.printable(message)}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -58,7 +74,7 @@ def handle_errors(quiet: bool = False):
     except TrainingFailed as error:
         raise fail(_one_line(str(error)), 1) from None
     except Interrupted as error:
-        print(str(error), file=sys.stderr)
+        print(console.printable(str(error)), file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None

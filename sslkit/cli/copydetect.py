@@ -11,7 +11,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from sslkit import console
-from sslkit.cli.common import AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
+from sslkit.cli.common import (AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors,
+                               writable_file, write_json)
 from sslkit.cli.probe import Arch, Cache, CacheDir, CheckpointKey, Model, Seed
 
 
@@ -72,7 +73,7 @@ def search(
     whiten: Annotated[Optional[Path], typer.Option(help="Folder to learn the PCA whitening on: images like the database's, none of them queries (DINO: 20k web photos). Usually worth several mAP points.", rich_help_panel=DATA)] = None,
     ground_truth: Annotated[Optional[str], typer.Option(help="CSV / TSV of query,original[,original...] (or with a header: query, original, attacks); copydays (a query and its original share the first 4 characters of their names) or prefix:N. Without it, matches only.", rich_help_panel=DATA)] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Matches kept per query; the scores use this list (DINO's evaluation: 20). Default 10.")] = None,
-    matches: Annotated[Optional[Path], typer.Option(help="Write the ranked matches as CSV: query,match,score,rank[,copy].")] = None,
+    matches: Annotated[Optional[Path], typer.Option(help="Write the ranked matches as CSV: query,match,score,rank[,copy].", callback=writable_file)] = None,
     min_score: Annotated[Optional[float], typer.Option(help="--matches keeps only pairs with at least this cosine similarity (e.g. 0.9 to list near-duplicates).")] = None,
     whiten_power: Annotated[Optional[float], typer.Option(help="Whitening power: 0.5 whitens fully (default), smaller values only flatten the spectrum.", rich_help_panel=FEATURES)] = None,
     gem_p: Annotated[Optional[float], typer.Option(help="Power of the GeM pooling of the patch tokens (default 4; 1 is average pooling).", rich_help_panel=FEATURES)] = None,
@@ -166,7 +167,7 @@ def _show(results: dict) -> None:
 )
 def make_benchmark(
     source: Annotated[Path, typer.Argument(help="Folder of source images (searched recursively; labels ignored).")],
-    out: Annotated[Path, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
+    out: Annotated[Path, typer.Argument(help="Output folder: new or empty, or with --force an earlier benchmark (never a folder of other files, and never SRC or a folder in or around it).")],
     originals: Annotated[Optional[int], typer.Option(help="Originals in the database (default: 150, or fewer if SRC is small).")] = None,
     copies: Annotated[Optional[int], typer.Option(help="Strong copies (queries) per original (default 2).")] = None,
     distractors: Annotated[Optional[int], typer.Option(help="Extra database images that no query copies (default 0).")] = None,
@@ -176,7 +177,7 @@ def make_benchmark(
     max_attacks: Annotated[Optional[int], typer.Option(help="Most attacks per copy (default 4).")] = None,
     quality: Annotated[Optional[int], typer.Option(help="JPEG quality of the written files (default 90).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Which images and attacks are drawn (default 0).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it holds an earlier benchmark (and nothing else).")] = False,
     workers: Workers = None,
     json_path: JsonOut = None,
     quiet: Quiet = False,

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from sslkit import console
-from sslkit.cli.common import AllowPartial, JsonOut, Quiet, examples, handle_errors, write_json
+from sslkit.cli.common import AllowPartial, JsonOut, Quiet, examples, handle_errors, writable_file, write_json
 from sslkit.cli.probe import Arch, Model
 
 
 def export(
     model: Model,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write (atomically).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write (atomically).",
+                                      callback=writable_file)],
     format: Annotated[str, typer.Option("--format", help="timm (a plain state dict in timm names, default) or sslkit (an sslkit checkpoint of the backbone alone).")] = "timm",
     checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
     arch: Arch = None,

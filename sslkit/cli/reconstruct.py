@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import Device, JsonOut, Quiet, examples, handle_errors, write_json
+from sslkit.cli.common import Device, JsonOut, OutputForce, Quiet, examples, handle_errors, write_json
 
 
 def reconstruct(
@@ -21,6 +21,7 @@ def reconstruct(
     img_size: Annotated[Optional[int], typer.Option(help="Side the images are resized and centre-cropped to (default: the model's training size; any multiple of the patch size).")] = None,
     norm_pix_loss: Annotated[Optional[bool], typer.Option("--norm-pix-loss/--no-norm-pix-loss", help="Whether the model predicts per-patch-normalised pixels (default: from the run; for .pth files off for mae_visualize_* and on otherwise).")] = None,
     device: Device = None,
+    force: OutputForce = False,
     json_path: JsonOut = None,
     quiet: Quiet = False,
 ):
@@ -29,7 +30,7 @@ def reconstruct(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.reconstruct(model, images, out, mask_ratio=mask_ratio, seed=seed, img_size=img_size,
-                                  norm_pix=norm_pix_loss, device=device or "auto")
+                                  norm_pix=norm_pix_loss, device=device or "auto", force=force)
         write_json(json_path, results)
         if not quiet:
             _show(results)

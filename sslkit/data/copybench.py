@@ -27,10 +27,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from sslkit import __version__, console
+from sslkit import __version__, console, files
 from sslkit.config import BenchmarkConfig, validate_benchmark
 from sslkit.data.attacks import ATTACKS, strong_copy
-from sslkit.data.folders import ImageFolder, load_rgb
+from sslkit.data.folders import ImageFolder, load_or_skip
 from sslkit.errors import UsageError
 
 
@@ -39,8 +39,8 @@ def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig
     """Build the benchmark from the images under ``source`` into ``out``; returns its summary."""
     validate_benchmark(options, len(ATTACKS))
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UsageError(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
+    _check_out(Path(source), out, force)
+    _remove_stale_partials(out)
     files = list(ImageFolder(source).files)
     random.Random(options.seed).shuffle(files)
     extra = options.distractors + options.whiten
@@ -71,6 +71,42 @@ def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig
     return summary
 
 
+BENCHMARK_ENTRIES = {"database", "queries", "distractors", "whiten", "ground_truth.csv", "benchmark.json"}
+
+
+def _check_out(source: Path, out: Path, force: bool) -> None:
+    """OUT is new, or empty, or (with --force) an earlier benchmark; never SRC, inside it, or around it."""
+    files.check_output_folder(out, "OUT")
+    src, target = source.resolve(), out.resolve()
+    if target == src or src in target.parents or target in src.parents:
+        raise UsageError(f"OUT {out} and SRC {source} overlap; the benchmark goes into a folder of its own")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_benchmark(out):
+        raise UsageError(f"{out} holds files that are not an sslkit benchmark; choose another folder (--force "
+                         "replaces an earlier benchmark only)")
+    if not force:
+        raise UsageError(f"{out} already holds a benchmark; choose another folder or pass --force to replace it")
+
+
+def is_benchmark(folder: Path) -> bool:
+    """What make-benchmark wrote: its benchmark.json, and nothing but the benchmark's own entries."""
+    try:
+        summary = json.loads((folder / "benchmark.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "sslkit_version" in summary and \
+        all(entry.name in BENCHMARK_ENTRIES for entry in folder.iterdir())
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Folders of an earlier make-benchmark into ``out`` that was killed before it finished."""
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not files.process_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def _run(jobs: list, root: Path, options: BenchmarkConfig, workers: int):
     """Each job's ground-truth rows, in job order, made in ``workers`` processes (0: in this one)."""
     tasks = [(kind, index, path, root, options) for kind, index, path in jobs]
@@ -83,7 +119,10 @@ def _run(jobs: list, root: Path, options: BenchmarkConfig, workers: int):
 
 def _make(task) -> list[list[str]]:
     kind, index, path, root, options = task
-    image = _shrink(load_rgb(path), options.max_size)
+    image = load_or_skip(path)
+    if image is None:  # an image that passed the listing check but does not decode: left out, with a warning
+        return []
+    image = _shrink(image, options.max_size)
     if kind != "original":
         folder, prefix = ("distractors", "d") if kind == "distractor" else ("whiten", "w")
         _save(image, root / folder / f"{prefix}{index:06d}.jpg", options.quality)

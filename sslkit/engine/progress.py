@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sslkit import console, files
+from sslkit.errors import WriteFailed
 
 
 class ProgressDisplay:
@@ -63,15 +65,45 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({**record, "time": round(time.time() - self.start, 3)}) + "\n")
+        line = json.dumps({**record, "time": round(time.time() - self.start, 3)}) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError as error:  # a full disk: no torn line stays behind to break a later --resume
+            try:
+                os.truncate(self.path, size)
+            except OSError:
+                pass
+            raise WriteFailed(f"cannot write {self.path} ({error.strerror or error}); the last checkpoint is "
+                              "intact: free some space and continue with --resume") from None
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps beyond ``step`` (written after the checkpoint a resumed run starts from)."""
+        """Drop records of steps beyond ``step`` (written after the checkpoint a resumed run starts from), and
+        any line that is not a whole record (a write cut short), with a notice."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        lines = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines() if line]
+        records = [_record(line) for line in lines]
+        torn = sum(record is None for record in records)
+        if torn:
+            console.warn(f"{self.path}: dropped {torn} line(s) that are not whole records (a write cut short)")
+        kept = [line for line, record in zip(lines, records) if record is not None and record.get("step", 0) <= step]
         files.write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``, one JSON object per line; blank and unparseable lines are skipped."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [record for record in map(_record, lines) if record is not None]
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def peak_memory_mb(device: torch.device) -> float:

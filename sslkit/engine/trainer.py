@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sslkit import console, files
-from sslkit.config import TrainConfig
+from sslkit.config import TrainConfig, recorded
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.data.photometric import apply_photometric, finish_views
 from sslkit.engine import checkpoint as ckpt, distributed, rundir
@@ -66,7 +66,7 @@ class Evaluation:
 class Trainer:
     def __init__(self, method: Method, dataset, cfg: TrainConfig, out: Path, run_config: dict,
                  evaluation: Evaluation | None = None, provenance: dict[str, str] | None = None):
-        self.cfg, self.out, self.run_config, self.evaluation = cfg, Path(out), run_config, evaluation
+        self.cfg, self.out, self.run_config, self.evaluation = cfg, Path(out), recorded(run_config), evaluation
         self.provenance = dict(provenance or {})  # where imported weights came from, their licence: every save
         device = resolve_device(cfg.device)
         self.dist = distributed.join(device.type)  # torchrun: one process per device; otherwise one process
@@ -96,10 +96,14 @@ class Trainer:
         self.sampler = EpochSampler(len(dataset), self.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.batch_size,
                                     self.dist.rank, self.dist.world_size)
         micro_batch = cfg.batch_size // shares
+        if micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules()):
+            raise UsageError(f"BatchNorm needs at least 2 images per pass; --batch-size {cfg.batch_size} gives "
+                             f"{micro_batch}" + (" per process and pass" if shares > 1 else ""))
         self.loader = make_loader(dataset, micro_batch, self.workers, self.device, sampler=self.sampler)
         self.optimizer = build_optimizer(
             cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device
         )
+        self.compiled = cfg.compile
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
         # views that carry their colour augmentation's parameters (--augment-on device) get it here
         photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
@@ -116,6 +120,7 @@ class Trainer:
         self.best_path = self.out / "checkpoints" / "best.safetensors"
         self.best: dict | None = None  # {"key", "value", "epoch", "step"} of the best evaluation so far
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self.aside: Path | None = None  # --force: the earlier run's files until this run's first checkpoint
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict:
@@ -123,14 +128,25 @@ class Trainer:
         self.precision, self.precision_note = run_precision(self.cfg.precision, self.device, saved)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         self.run_config = {**self.run_config, "decided": self.precision.record()}
+        if not self.is_main:
+            return self._train(resume, saved)
+        with rundir.locked(self.out):  # one run at a time writes here
+            # --force: the earlier run is moved aside, deleted at the new run's first checkpoint, back on failure
+            self.aside = rundir.set_aside(self.out) if self.cfg.force and not resume else None
+            try:
+                rundir.mark(self.out, self.run_config["method"])
+                return self._train(resume, saved)
+            except BaseException:
+                if self.aside is not None:
+                    rundir.restore(self.aside, self.out)
+                raise
+
+    def _train(self, resume: bool, saved: dict | None) -> dict:
         if resume:
             self._restore(saved)
             if self.is_main:
                 self.metrics.truncate_after(self.step)
-        elif self.cfg.force and self.is_main:
-            rundir.clear_previous_run(self.out)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             files.write_json(self.out / "config.json", self.run_config)
         self._announce()
         start_epoch = self.step // self.steps_per_epoch
@@ -257,13 +273,13 @@ class Trainer:
         return out
 
     def _compiled_or_eager(self, batch):
-        if self.train_step is self.method.training_step:
+        if not self.compiled:
             return self.train_step(batch)
         try:
             return self.train_step(batch)
         except Exception as error:  # torch.compile fails on some models / platforms: fall back, say so once
             console.warn(f"torch.compile failed ({type(error).__name__}: {error}); continuing without --compile")
-            self.train_step = self.method.training_step
+            self.compiled, self.train_step = False, self.method.training_step
             return self.train_step(batch)
 
     def _optimizer_step(self, progress: Progress) -> tuple[float, float]:
@@ -359,6 +375,9 @@ class Trainer:
             **self.provenance,
         }
         ckpt.save_checkpoint(path or self.checkpoint_path, tensors, metadata)
+        if path is None and self.aside is not None:  # this run can now be resumed: the one it replaces can go
+            rundir.discard(self.aside)
+            self.aside = None
 
     def _saved_metadata(self) -> dict[str, str]:
         if not self.checkpoint_path.exists():

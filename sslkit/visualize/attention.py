@@ -101,5 +101,24 @@ def masked(image: np.ndarray, mask: torch.Tensor, patch: int) -> np.ndarray:
     return np.where(pixels, image, image // 4).astype(np.uint8)
 
 
+def picture_names(heads: int, threshold: float | None) -> list[str]:
+    """The PNGs written per image, in the order :func:`pictures` draws them."""
+    names = ["img.png", *(f"attn-head{h}.png" for h in range(heads)), "attn-mean.png", "overlay.png"]
+    if threshold is not None:
+        names += [*(f"mask-th{threshold:g}-head{h}.png" for h in range(heads)), f"mask-th{threshold:g}-mean.png"]
+    return names
+
+
+def pictures(pixels: np.ndarray, maps: torch.Tensor, patch: int, threshold: float | None) -> list[np.ndarray]:
+    """One image's pictures: the input, each head's map and their mean as heat maps, the mean over the input,
+    and with ``threshold`` the masks of each head and of the mean."""
+    mean = maps.mean(dim=0)
+    heat = heat_map(mean, patch)
+    drawn = [pixels, *(heat_map(values, patch) for values in maps), heat, overlay(pixels, heat)]
+    if threshold is not None:
+        drawn += [masked(pixels, mask, patch) for mask in threshold_mask(torch.cat([maps, mean[None]]), threshold)]
+    return drawn
+
+
 def save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, format="PNG")

@@ -10,29 +10,16 @@ matplotlib is imported only when a picture is drawn, with the Agg backend, so no
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from sslkit.engine.progress import read_records
 from sslkit.files import write_atomic
 
 PANEL_SIZE = (4.2, 3.2)  # inches per panel; at DPI 100 a panel is 420 x 320 px
 DPI = 100
 LOG_RATIO = 50  # the loss axis is logarithmic when max/min of the (all positive) values exceeds this
-
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects in ``path``, one per line; blank and unparseable lines are skipped."""
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def number(value: Any) -> float | None:
@@ -117,7 +104,7 @@ def write_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         return None
-    chosen = panels(load_records(metrics))
+    chosen = panels(read_records(metrics))
     if not chosen:
         return None
     out = Path(out) if out is not None else run_dir / "curves.png"

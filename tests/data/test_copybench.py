@@ -79,14 +79,20 @@ def test_benchmark_refuses_a_full_folder_and_too_few_images_and_leaves_nothing_b
     out = tmp_path / "bench"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(UsageError, match="not empty"):
-        make_benchmark(source, out, BenchmarkConfig(originals=2))
+    for force in (False, True):  # --force replaces an earlier benchmark, never a folder of the user's
+        with pytest.raises(UsageError, match="not an sslkit benchmark"):
+            make_benchmark(source, out, BenchmarkConfig(originals=2), force=force)
+    assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(UsageError, match="has 5 readable images"):
         make_benchmark(source, tmp_path / "other", BenchmarkConfig(originals=4, distractors=2))
     assert not (tmp_path / "other").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "src"]  # no partial folder left
+    (out / "keep.txt").unlink()
+    make_benchmark(source, out, BenchmarkConfig(originals=2, copies=2))
+    with pytest.raises(UsageError, match="already holds a benchmark"):
+        make_benchmark(source, out, BenchmarkConfig(originals=2, copies=1))
     make_benchmark(source, out, BenchmarkConfig(originals=2, copies=1), force=True)
-    assert not (out / "keep.txt").exists() and len(list((out / "queries").iterdir())) == 2
+    assert len(list((out / "queries").iterdir())) == 2
     summary = make_benchmark(source, tmp_path / "auto", BenchmarkConfig(distractors=1))
     assert summary["originals"] == 4  # the default takes what the source has left
 
