@@ -44,7 +44,7 @@ def check_new_run(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
         raise UsageError(f"{out} already holds {holds}; continue a run with --resume, start over in it with --force, "
                          "or choose another --out")
     if not ours:
-        clashes = [name for name in (*TOP_FILES, "checkpoints/last.safetensors") if (out / name).exists()]
+        clashes = [str(path.relative_to(out)) for path in run_files(out)]  # what --force would set aside
         if clashes:
             raise UsageError(f"{out} holds {', '.join(clashes)}, which sslkit cannot tell are a run's (no {MARKER}); "
                              "--force never overwrites them: move them or choose another --out")

@@ -116,6 +116,18 @@ def test_force_with_a_bad_value_fails_before_touching_the_earlier_run(sslkit_cli
     assert digests(run) == before
 
 
+def test_force_in_a_folder_that_is_not_a_run_refuses_to_touch_files_with_a_runs_names(sslkit_cli, tmp_path):
+    images = make_folder(tmp_path / "images", per_class=6)
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "best.safetensors").write_bytes(b"the user's own")
+    (mine / "notes.txt").write_text("mine")
+    before = digests(mine)
+    result = sslkit_cli.run("pretrain", "byol", images, "--out", mine, *BYOL_OPTIONS, "--force")
+    assert_usage_error(result, "checkpoints/best.safetensors", "never overwrites them")
+    assert digests(mine) == before
+
+
 def test_a_run_is_not_written_into_its_own_data(sslkit_cli, tmp_path):
     images = make_folder(tmp_path / "images", per_class=6)
     before = digests(images)
