@@ -46,6 +46,14 @@ def feature_cache(tmp_path_factory, monkeypatch):
     return path
 
 
+@pytest.fixture(autouse=True)
+def store_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty folder of decoded stores, never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("stores")
+    monkeypatch.setenv("SSLKIT_STORE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     return make_folder(tmp_path / "images")
