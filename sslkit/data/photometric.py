@@ -64,6 +64,27 @@ def _uniform(low: float, high: float) -> float:
     return float(torch.empty(()).uniform_(low, high))
 
 
+def colour_params(numbers: torch.Tensor, blur_p: float, solarize_p: float, kernel_size: int,
+                  sigma: tuple[float, float]) -> torch.Tensor:
+    """What ``DrawPhotometric`` draws, for a whole batch at once from (B, 13) uniform numbers in [0, 1) (the
+    decoded store's views, sslkit.data.geometry.uniforms): (B, NUM_PARAMS) on the numbers' device."""
+    u = numbers
+    jitter = u[:, 0] < 0.8
+    drawn = torch.stack([0.6 + 0.8 * u[:, 1], 0.6 + 0.8 * u[:, 2], 0.8 + 0.4 * u[:, 3], -0.1 + 0.2 * u[:, 4]], 1)
+    neutral = torch.tensor(NEUTRAL, device=u.device).expand_as(drawn)
+    order = u[:, 5:9].argsort(dim=1).to(torch.float32)  # a uniformly random permutation of the 4 operations
+    in_order = torch.arange(4.0, device=u.device).expand_as(order)
+    blurred = u[:, 10] < blur_p
+    return torch.cat([
+        torch.where(jitter[:, None], drawn, neutral),
+        torch.where(jitter[:, None], order, in_order),
+        (u[:, 9:10] < 0.2).to(torch.float32),
+        torch.where(blurred, sigma[0] + (sigma[1] - sigma[0]) * u[:, 11], torch.zeros_like(u[:, 11]))[:, None],
+        torch.full_like(u[:, :1], kernel_size),
+        (u[:, 12:13] < solarize_p).to(torch.float32),
+    ], dim=1)
+
+
 def apply_photometric(images: torch.Tensor, params: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) images and their (B, NUM_PARAMS) parameters -> augmented uint8 images."""
     x = images.float() / 255

@@ -6,6 +6,8 @@ images; the model normalises them on its device (sslkit.models.backbones.Normali
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torchvision.transforms.v2 as v2
 
 from sslkit.data.photometric import DrawPhotometric
@@ -19,24 +21,57 @@ def blur_kernel_size(img_size: int) -> int:
     return size if size % 2 else size + 1
 
 
-def augmented_view(
-    size: int, scale: tuple[float, float], blur_p: float, solarize_p: float, resolution: float | None = None,
-    on_device: bool = False,
-) -> v2.Compose:
-    """BYOL's and DINO's view: random resized crop, flip, colour jitter, grayscale, blur, solarize.
+@dataclass(frozen=True)
+class Colour:
+    """BYOL's and DINO's colour augmentations of a view: jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale
+    with p 0.2, Gaussian blur (``kernel`` px, sigma uniform in ``sigma``) with p ``blur_p``, solarize (128)
+    with p ``solarize_p``."""
+
+    blur_p: float
+    solarize_p: float
+    kernel: int
+    sigma: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class View:
+    """One random view of an image: a random resized crop to ``size`` (area fraction in ``scale``, aspect
+    ratio in ``ratio``), a horizontal flip with p 0.5, then ``colour`` (None: none). The one declaration of
+    a method's augmentation: the loader path builds torchvision transforms from it (``cpu_view``), the
+    decoded store draws the same distributions on the device (sslkit.data.device_views)."""
+
+    size: int
+    scale: tuple[float, float]
+    colour: Colour | None = None
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+def colour_view(size: int, scale: tuple[float, float], blur_p: float, solarize_p: float,
+                resolution: float | None = None) -> View:
+    """BYOL's and DINO's view: crop, flip, colour jitter, grayscale, blur, solarize.
 
     The blur's sigma range (0.1, 2.0) px and kernel (23 px) are defined at ImageNet resolution; they scale
     with ``resolution`` (image side / 224, default ``size / 224``), so small images are blurred as much
     relative to their content as ImageNet images are. DINO's local crops pass the global crops' resolution.
-    With ``on_device`` the view stops after the flip and carries the colour operations' random parameters,
-    for the training device to apply (sslkit.data.photometric).
     """
     resolution = size / 224 if resolution is None else resolution
-    geometry = [v2.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC, antialias=True),
+    colour = Colour(blur_p, solarize_p, blur_kernel_size(224 * resolution), (0.1 * resolution, 2.0 * resolution))
+    return View(size, scale, colour)
+
+
+def cpu_view(view: View, on_device: bool = False) -> v2.Compose:
+    """The loader path's torchvision transform of ``view``, from a PIL image to a uint8 tensor. With
+    ``on_device`` it stops after the flip and carries the colour operations' random parameters, for the
+    training device to apply (sslkit.data.photometric)."""
+    geometry = [v2.RandomResizedCrop(view.size, scale=view.scale, ratio=view.ratio, interpolation=BICUBIC,
+                                     antialias=True),
                 v2.RandomHorizontalFlip()]
-    kernel, sigma = blur_kernel_size(224 * resolution), (0.1 * resolution, 2.0 * resolution)
+    colour = view.colour
+    if colour is None:
+        return v2.Compose([*geometry, v2.PILToTensor()])
     if on_device:
-        return v2.Compose([*geometry, v2.PILToTensor(), DrawPhotometric(blur_p, solarize_p, kernel, sigma)])
+        return v2.Compose([*geometry, v2.PILToTensor(),
+                           DrawPhotometric(colour.blur_p, colour.solarize_p, colour.kernel, colour.sigma)])
     return v2.Compose(
         [
             *geometry,
@@ -44,31 +79,43 @@ def augmented_view(
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             v2.RandomGrayscale(p=0.2),
             v2.PILToTensor(),
-            v2.RandomApply([v2.GaussianBlur(kernel, sigma)], p=blur_p),
-            v2.RandomSolarize(threshold=128, p=solarize_p),
+            v2.RandomApply([v2.GaussianBlur(colour.kernel, colour.sigma)], p=colour.blur_p),
+            v2.RandomSolarize(threshold=128, p=colour.solarize_p),
         ]
     )
 
 
-def byol_view(img_size: int, blur_p: float, solarize_p: float, on_device: bool = False) -> v2.Compose:
-    """One of BYOL's two view distributions (Grill et al. 2020, Table 6)."""
-    return augmented_view(img_size, (0.08, 1.0), blur_p, solarize_p, on_device=on_device)
+class ViewSet:
+    """Several views of one image, in order, as a list (BYOL's two, DINO's 2 + N crops)."""
+
+    def __init__(self, views: tuple[View, ...], on_device: bool = False):
+        self.views = views
+        self.transforms = [cpu_view(view, on_device) for view in views]
+
+    def __call__(self, image) -> list:
+        return [transform(image) for transform in self.transforms]
 
 
-class TwoViews:
-    """Two differently augmented views of one image (BYOL's T and T')."""
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-
-    def __call__(self, image):
-        return self.first(image), self.second(image)
+def cpu_views(views: tuple[View, ...], on_device: bool = False):
+    """The loader path's transform of a method's views: one view's transform, or a ViewSet."""
+    return cpu_view(views[0], on_device) if len(views) == 1 else ViewSet(views, on_device)
 
 
-def byol_views(img_size: int, on_device: bool = False) -> TwoViews:
-    """T: blur always, never solarize; T': blur with p 0.1, solarize with p 0.2."""
-    return TwoViews(byol_view(img_size, blur_p=1.0, solarize_p=0.0, on_device=on_device),
-                    byol_view(img_size, blur_p=0.1, solarize_p=0.2, on_device=on_device))
+def augmented_view(size: int, scale: tuple[float, float], blur_p: float, solarize_p: float,
+                   resolution: float | None = None, on_device: bool = False) -> v2.Compose:
+    """``cpu_view`` of a ``colour_view``."""
+    return cpu_view(colour_view(size, scale, blur_p, solarize_p, resolution), on_device)
+
+
+def byol_plan(img_size: int) -> tuple[View, View]:
+    """BYOL's two view distributions (Grill et al. 2020, Table 6). T: blur always, never solarize;
+    T': blur with p 0.1, solarize with p 0.2."""
+    return (colour_view(img_size, (0.08, 1.0), blur_p=1.0, solarize_p=0.0),
+            colour_view(img_size, (0.08, 1.0), blur_p=0.1, solarize_p=0.2))
+
+
+def byol_views(img_size: int, on_device: bool = False) -> ViewSet:
+    return ViewSet(byol_plan(img_size), on_device)
 
 
 def local_crop_size(img_size: int) -> int:
@@ -76,37 +123,39 @@ def local_crop_size(img_size: int) -> int:
     return max(16, 16 * round(img_size * 96 / 224 / 16))
 
 
-class MultiCrop:
-    """DINO's multi-crop (Caron et al. 2021): 2 global crops then ``local_number`` local crops, as uint8 tensors.
+def dino_plan(img_size: int, global_scale: tuple[float, float], local_number: int,
+              local_scale: tuple[float, float], local_size: int | None = None) -> tuple[View, ...]:
+    """DINO's multi-crop (Caron et al. 2021): 2 global crops then ``local_number`` local crops.
 
     Global 1 is always blurred; global 2 is blurred with p 0.1 and solarized with p 0.2; local crops are
     blurred with p 0.5. Global crops come first: the teacher sees only them.
     """
+    resolution = img_size / 224
+    local = colour_view(local_size or local_crop_size(img_size), local_scale, blur_p=0.5, solarize_p=0.0,
+                        resolution=resolution)
+    return (colour_view(img_size, global_scale, blur_p=1.0, solarize_p=0.0),
+            colour_view(img_size, global_scale, blur_p=0.1, solarize_p=0.2),
+            *(local for _ in range(local_number)))
+
+
+class MultiCrop(ViewSet):
+    """DINO's multi-crop as a loader transform: a list of uint8 tensors (``dino_plan``)."""
 
     def __init__(self, img_size: int, global_scale: tuple[float, float], local_number: int,
                  local_scale: tuple[float, float], local_size: int | None = None, on_device: bool = False):
-        resolution = img_size / 224
+        super().__init__(dino_plan(img_size, global_scale, local_number, local_scale, local_size), on_device)
         self.local_size = local_size or local_crop_size(img_size)
-        self.global1 = augmented_view(img_size, global_scale, blur_p=1.0, solarize_p=0.0, on_device=on_device)
-        self.global2 = augmented_view(img_size, global_scale, blur_p=0.1, solarize_p=0.2, on_device=on_device)
-        self.local = augmented_view(self.local_size, local_scale, blur_p=0.5, solarize_p=0.0, resolution=resolution,
-                                    on_device=on_device)
         self.local_number = local_number
 
-    def __call__(self, image) -> list:
-        return [self.global1(image), self.global2(image), *(self.local(image) for _ in range(self.local_number))]
+
+def crop_flip(img_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> View:
+    """Random resized crop (bicubic) and horizontal flip: MAE's pretraining view (area 0.2-1) and the
+    training view of the linear probes and of fine-tuning without RandAugment (area 0.08-1)."""
+    return View(img_size, scale)
 
 
 def crop_flip_view(img_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
-    """Random resized crop (bicubic) and horizontal flip: MAE's pretraining view (area 0.2-1) and the
-    training view of DINO's and MAE's linear probes (area 0.08-1)."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(img_size, scale=scale, interpolation=BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.PILToTensor(),
-        ]
-    )
+    return cpu_view(crop_flip(img_size, scale))
 
 
 def mae_view(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.config import BYOLConfig, TrainConfig, validate_byol, with_defaults
-from sslkit.data.views import byol_views
+from sslkit.data.views import byol_plan, cpu_views
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import ADAMW_BETAS, decay_groups
@@ -80,8 +80,12 @@ class BYOL(nn.Module):
         self.channels_last = prefers_channels_last(self.backbone)
 
     @property
+    def train_views(self):
+        return byol_plan(self.options.img_size)
+
+    @property
     def train_transform(self):
-        return byol_views(self.options.img_size, on_device=self.options.augment_on == "device")
+        return cpu_views(self.train_views, on_device=self.options.augment_on == "device")
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)

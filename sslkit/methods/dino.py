@@ -19,7 +19,7 @@ from torch import nn
 
 from sslkit import console
 from sslkit.config import DINOConfig, TrainConfig, validate_dino, with_defaults
-from sslkit.data.views import MultiCrop, local_crop_size
+from sslkit.data.views import ViewSet, cpu_views, dino_plan, local_crop_size
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import ADAMW_BETAS, decay_groups
@@ -156,10 +156,13 @@ class DINO(nn.Module):
             raise UsageError(f"crop sizes {sizes[0]} / {sizes[1]} px must be multiples of the patch size {patch}")
 
     @property
-    def train_transform(self) -> MultiCrop:
+    def train_views(self):
         o = self.options
-        return MultiCrop(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, self.local_size,
-                         on_device=o.augment_on == "device")
+        return dino_plan(o.img_size, o.global_crops_scale, o.local_crops_number, o.local_crops_scale, self.local_size)
+
+    @property
+    def train_transform(self) -> ViewSet:
+        return cpu_views(self.train_views, on_device=self.options.augment_on == "device")
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images)

@@ -21,7 +21,7 @@ from torch import nn
 
 from sslkit import console
 from sslkit.config import MAEConfig, TrainConfig, validate_mae, with_defaults
-from sslkit.data.views import mae_view
+from sslkit.data.views import cpu_views, crop_flip
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import decay_groups
 from sslkit.errors import UsageError
@@ -203,8 +203,12 @@ class MAE(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     @property
+    def train_views(self):
+        return (crop_flip(self.options.img_size, self.options.crop_scale),)
+
+    @property
     def train_transform(self):
-        return mae_view(self.options.img_size, self.options.crop_scale)
+        return cpu_views(self.train_views)
 
     @property
     def num_patches(self) -> int:
