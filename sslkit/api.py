@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from sslkit import config as cfg, console
 from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, PretrainConfig, TrainConfig
+from sslkit.data.datapath import training_data
 from sslkit.data.folders import ImageFolder, decoded, images_under
 from sslkit.data.loader import default_workers, make_loader
-from sslkit.data.views import crop_flip_view, eval_transform
+from sslkit.data.views import crop_flip, crop_flip_view, eval_transform
 from sslkit.engine import rundir
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import choose_precision, resolve_device
@@ -76,8 +77,9 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
         report = warm_start(model, weights, start.allow_partial)
         announce(report)
         provenance = {"continued_from": report["source"], **({"licence": weights.licence} if weights.licence else {})}
-    dataset.transform = model.train_transform
-    run_config = PretrainConfig(method, str(data), str(out), train, options, start).to_dict()
+    source, decided = training_data(dataset, model.train_views, model.train_transform, train,
+                                    resolve_device(train.device), saved=_decided(out) if resume else None)
+    run_config = {**PretrainConfig(method, str(data), str(out), train, options, start).to_dict(), "decided": decided}
     evaluation = None
     if train.eval_train:
         from sslkit.evaluate.online import online_knn
@@ -85,7 +87,16 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
         workers = default_workers() if train.workers is None else train.workers
         evaluation = online_knn(model, train.eval_train, train.eval_val, options.img_size, train.eval_every,
                                 train.eval_k, workers)
-    return Trainer(model, dataset, train, out, run_config, evaluation, provenance).fit(resume=resume)
+    return Trainer(model, source, train, out, run_config, evaluation, provenance).fit(resume=resume)
+
+
+def _decided(out: Path) -> dict:
+    """What a run recorded it decided when it started (config.json's ``decided``: data path, precision)."""
+    try:
+        decided = json.loads((out / "config.json").read_text(encoding="utf-8")).get("decided")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return decided if isinstance(decided, dict) else {}
 
 
 def _resume_settings(out: Path, given: dict, method: str) -> dict:
@@ -165,21 +176,25 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
     frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
     train_set, val_set, val_labels = frozen.labelled_sets()
     val_features, _ = frozen.features(val_set, "val")
-    if options.augment:  # features recomputed per epoch from random crops: nothing to cache
-        train_set.transform = crop_flip_view(frozen.loaded.img_size)
-        dataset, extractor, workers = train_set, FeatureExtractor(frozen.loaded.module, frozen.recipe), frozen.workers
-    else:
-        dataset, extractor, workers = FeatureSet(*frozen.features(train_set, "train")), None, 0
     lrs = options.lr or [recipe.base_lr * options.batch_size / 256]
-    probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
-        "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
-        "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
     train_cfg = TrainConfig(
         epochs=options.epochs, batch_size=options.batch_size, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
         warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
         clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
-        workers=workers, save_every=options.save_every, force=options.force,
+        workers=frozen.workers if options.augment else 0, save_every=options.save_every, force=options.force,
+        data_path=options.data_path, store_size=options.store_size, store_on=options.store_on,
+        store_dir=options.store_dir,
     )
+    decided = {}
+    if options.augment:  # features recomputed per epoch from random crops: nothing to cache
+        size = frozen.loaded.img_size
+        dataset, decided = training_data(train_set, (crop_flip(size),), crop_flip_view(size), train_cfg, frozen.device)
+        extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
+    else:
+        dataset, extractor = FeatureSet(*frozen.features(train_set, "train")), None
+    probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
+        "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
+        "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
     history: list[list[dict]] = []
     val_x, val_y = val_features.to(frozen.device), val_labels.to(frozen.device)
 
@@ -193,7 +208,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
         return scores
 
     run_config = {"method": "linear", "model": options.model, "linear": dataclasses.asdict(options),
-                  "train": dataclasses.asdict(train_cfg)}
+                  "train": dataclasses.asdict(train_cfg), **({"decided": decided} if decided else {})}
     with _run_dir(options.out) as out:
         fit = Trainer(probe, dataset, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit()
     heads = [_head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
@@ -241,7 +256,7 @@ def _run_dir(out: str | None):
 
 FINETUNE_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad",
                          "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every",
-                         "force", "keep")
+                         "force", "keep", "data_path", "store_size", "store_on", "store_dir")
 
 
 def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *, resume: bool = False,
@@ -280,7 +295,8 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     layer_decay = options.layer_decay or default_layer_decay(backbone)
     if layer_decay != 1 and not is_vit(backbone):
         raise UsageError("--layer-decay needs a vision transformer (layer ids are its blocks); use 1 for conv nets")
-    train_set = ImageFolder(options.train, _finetune_view(finetune_view, img_size, options.randaug), labelled=True)
+    train_view = _finetune_view(finetune_view, img_size, options.randaug)
+    train_set = ImageFolder(options.train, labelled=True)
     val_set = ImageFolder(options.val, eval_transform(img_size), labelled=True)
     val_labels = val_set.labels_in(train_set)
     labelled_total = len(train_set)
@@ -291,16 +307,21 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     if (options.mixup > 0 or options.cutmix > 0) and (batch_size // train_cfg.accum_steps) % 2:
         raise UsageError(f"mixup / cutmix pair each image with another: use an even --batch-size (not {batch_size})")
     method = Finetune(backbone, len(train_set.classes), options, layer_decay, loaded.arch, img_size, train_set.classes)
+    workers = default_workers() if train_cfg.workers is None else train_cfg.workers
+    device = resolve_device(train_cfg.device)
+    randaug = None if options.randaug.lower() == "none" else "RandAugment runs on the CPU only (--randaug none: off)"
+    source, decided = training_data(train_set, (crop_flip(img_size),), train_view, train_cfg, device, randaug,
+                                    saved=_decided(out) if resume else None)
     console.info(
         f"fine-tuning {loaded.description} on {len(train_set)} of {labelled_total} labelled images "
         f"({options.fraction:g}), {len(train_set.classes)} classes, {img_size} px, layer decay {layer_decay:g}"
         + ("" if "batch_size" in values else f", batch {batch_size} (chosen for {len(train_set)} images)")
     )
-    workers = default_workers() if train_cfg.workers is None else train_cfg.workers
-    val_loader = make_loader(val_set, 256, workers, resolve_device(train_cfg.device))
+    val_loader = make_loader(val_set, 256, workers, device)
     score = _classification_scores(method, val_loader, val_labels)
-    run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg)}
-    fit = Trainer(method, train_set, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
+    run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg),
+                  "decided": decided}
+    fit = Trainer(method, source, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
     return {
         "model": options.model, "description": loaded.description, "out": str(out), "img_size": img_size,
         "fraction": options.fraction, "num_train": len(train_set), "num_val": len(val_set),

@@ -44,6 +44,10 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     workers: int | None = None  # None: chosen for the machine
+    data_path: str = "auto"  # store | loader | auto (sslkit.data.datapath)
+    store_size: int | None = None  # short side of the decoded store's images; None: the crop size
+    store_on: str = "auto"  # device | pinned | ram | auto
+    store_dir: str | None = None  # None: $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores
     save_every: int = 1  # epochs
     log_every: int = 10  # optimizer steps
     eval_train: str | None = None  # online k-NN during pretraining: labelled memory ...
@@ -56,7 +60,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they change how it runs, not what it computes.
 OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every", "eval_train", "eval_val",
-                      "eval_every", "eval_k", "force", "keep", "augment_on"}
+                      "eval_every", "eval_k", "force", "keep", "augment_on", "data_path", "store_on", "store_dir"}
 AUGMENT_ON = ("cpu", "device")
 
 
@@ -182,6 +186,10 @@ class LinearConfig(FrozenConfig):
     epochs: int = 100
     lr: list[float] | None = None  # peak lr of each head; None: the recipe's base lr x batch / 256
     augment: bool = False  # RandomResizedCrop + flip per epoch (no feature cache for the training set)
+    data_path: str = "auto"  # --augment: where its crops are made (TrainConfig's fields of the same names)
+    store_size: int | None = None
+    store_on: str = "auto"
+    store_dir: str | None = None
     out: str | None = None  # run directory (checkpoints, metrics, curves); None: a temporary one
     save_every: int = 10
     force: bool = False  # start over in a non-empty --out
@@ -441,6 +449,7 @@ def validate_train(train: TrainConfig) -> None:
     choice("device", train.device, DEVICES)
     choice("precision", train.precision, PRECISIONS)
     choice("optimizer", train.optimizer, OPTIMIZERS)
+    check_data_path(train)
     for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr", "eval_every", "eval_k", "keep"):
         _positive(name, getattr(train, name))
     if (train.eval_train is None) != (train.eval_val is None):
@@ -490,8 +499,16 @@ def validate_benchmark(options: BenchmarkConfig, attacks: int) -> None:
         raise UsageError(f"--quality must lie in 1..100, not {options.quality}")
 
 
+def check_data_path(settings) -> None:
+    """The input pipeline's settings of a TrainConfig or LinearConfig (sslkit.data.datapath)."""
+    choice("data_path", settings.data_path, ("auto", "store", "loader"))
+    choice("store_on", settings.store_on, ("auto", "device", "pinned", "ram"))
+    check_img_size("store_size", settings.store_size)
+
+
 def validate_linear(options: LinearConfig) -> None:
     validate_frozen(options)
+    check_data_path(options)
     choice("recipe", options.recipe, LINEAR_RECIPES)
     for name in ("epochs", "save_every"):
         _positive(name, getattr(options, name))

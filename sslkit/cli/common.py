@@ -27,6 +27,22 @@ Precision = Annotated[
 Workers = Annotated[
     Optional[int], typer.Option(help="Data-loading processes (default: CPU cores - 1, at most 8).", rich_help_panel=HW)
 ]
+DATA = "Input pipeline"
+DataPath = Annotated[Optional[str], typer.Option(
+    help="Where batches come from. store: the images decoded once into uint8 (a cache file, memory-mapped), kept "
+         "on the GPU or in RAM, and cropped, flipped and coloured on the training device, with no CPU work per "
+         "image. loader: worker processes decode and augment every image each epoch. auto (default): the store "
+         "on CUDA when it fits in memory, the loader on CPUs and for RandAugment; decided once per run, recorded "
+         "and kept by --resume.", rich_help_panel=DATA)]
+StoreSize = Annotated[Optional[int], typer.Option(
+    help="Short side in pixels of the images in the decoded store (default: the crop size; never enlarged). "
+         "Smaller stores fit more data in memory; crops from them are upsampled more.", rich_help_panel=DATA)]
+StoreOn = Annotated[Optional[str], typer.Option(
+    help="Where the decoded store lives: auto (default: the GPU when it fits half its free memory, else RAM), "
+         "device, pinned (page-locked RAM, faster copies to the GPU) or ram.", rich_help_panel=DATA)]
+StoreDir = Annotated[Optional[str], typer.Option(
+    help="Folder of the decoded stores' cache files (default $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores); a "
+         "fast local disk helps the first epoch.", rich_help_panel=DATA)]
 AllowPartial = Annotated[bool, typer.Option(
     "--allow-partial",
     help="Experts: load the backbone tensors that fit and leave the rest as initialised (a warning lists them) "

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, Force, JsonOut, Keep, Precision, Quiet, Workers,
-                               examples, handle_errors, write_json)
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, DataPath, Device, Force, JsonOut, Keep, Precision, Quiet,
+                               StoreDir, StoreOn, StoreSize, Workers, examples, handle_errors, write_json)
 
 AUG = "Regularisation"
 
@@ -73,6 +73,10 @@ def finetune(
     device: Device = None,
     precision: Precision = None,
     workers: Workers = None,
+    data_path: DataPath = None,
+    store_size: StoreSize = None,
+    store_on: StoreOn = None,
+    store_dir: StoreDir = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step.", rich_help_panel=HW)] = None,
     json_path: JsonOut = None,
     quiet: Quiet = False,
@@ -88,7 +92,7 @@ def finetune(
             mixup_switch_prob=mixup_switch_prob, randaug=randaug, reprob=reprob, pool=pool,
             checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, save_every=save_every,
             log_every=log_every, force=force or None, keep=keep, device=device, precision=precision, workers=workers,
-            compile=compile,
+            data_path=data_path, store_size=store_size, store_on=store_on, store_dir=store_dir, compile=compile,
         )
         write_json(json_path, results)
         if not quiet:

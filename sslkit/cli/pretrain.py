@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, Device, Force, Keep, Precision, Quiet, Workers, examples,
-                               handle_errors, parse_bool)
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, DataPath, Device, Force, Keep, Precision, Quiet, StoreDir,
+                               StoreOn, StoreSize, Workers, examples, handle_errors, parse_bool)
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
@@ -89,6 +89,10 @@ def byol(
     device: Device = None,
     precision: Precision = None,
     workers: Workers = None,
+    data_path: DataPath = None,
+    store_size: StoreSize = None,
+    store_on: StoreOn = None,
+    store_dir: StoreDir = None,
     compile: Compile = None,
     augment_on: AugmentOn = None,
     seed: Seed = None,
@@ -113,7 +117,8 @@ def byol(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, weight_decay_end=weight_decay_end,
         optimizer=optimizer, momentum=momentum, clip_grad=clip_grad, accum_steps=accum_steps, tau_base=tau_base,
         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
-        predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers,
+        predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers, data_path=data_path, store_size=store_size, store_on=store_on,
+        store_dir=store_dir,
         compile=compile, augment_on=augment_on, seed=seed, save_every=save_every, log_every=log_every,
         force=force or None, keep=keep,
         eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
@@ -191,6 +196,10 @@ def dino(
     device: Device = None,
     precision: Precision = None,
     workers: Workers = None,
+    data_path: DataPath = None,
+    store_size: StoreSize = None,
+    store_on: StoreOn = None,
+    store_dir: StoreDir = None,
     compile: Compile = None,
     augment_on: AugmentOn = None,
     seed: Seed = None,
@@ -218,7 +227,8 @@ def dino(
         warmup_teacher_temp=warmup_teacher_temp, warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
         freeze_last_layer=freeze_last_layer, drop_path_rate=drop_path_rate, global_crops_scale=global_crops_scale,
         local_crops_number=local_crops_number, local_crops_scale=local_crops_scale, local_crop_size=local_crop_size,
-        device=device, precision=precision, workers=workers, compile=compile, augment_on=augment_on, seed=seed,
+        device=device, precision=precision, workers=workers, data_path=data_path, store_size=store_size, store_on=store_on,
+        store_dir=store_dir, compile=compile, augment_on=augment_on, seed=seed,
         save_every=save_every,
         log_every=log_every, force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val),
         eval_every=eval_every, eval_k=eval_k,
@@ -278,6 +288,10 @@ def mae(
     device: Device = None,
     precision: Precision = None,
     workers: Workers = None,
+    data_path: DataPath = None,
+    store_size: StoreSize = None,
+    store_on: StoreOn = None,
+    store_dir: StoreDir = None,
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
@@ -301,7 +315,8 @@ def mae(
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, optimizer=optimizer, clip_grad=clip_grad,
         accum_steps=accum_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, decoder_dim=decoder_dim,
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, crop_scale=crop_scale, device=device,
-        precision=precision, workers=workers, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
+        precision=precision, workers=workers, data_path=data_path, store_size=store_size, store_on=store_on,
+        store_dir=store_dir, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
         force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every,
         eval_k=eval_k,
     )

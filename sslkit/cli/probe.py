@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors, write_json
+from sslkit.cli.common import (AllowPartial, DataPath, Device, JsonOut, Precision, Quiet, StoreDir, StoreOn, StoreSize,
+                               Workers, examples, handle_errors, write_json)
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
@@ -138,6 +139,10 @@ def linear(
     cache_dir: CacheDir = None,
     cache: Cache = None,
     workers: Workers = None,
+    data_path: DataPath = None,
+    store_size: StoreSize = None,
+    store_on: StoreOn = None,
+    store_dir: StoreDir = None,
     device: Device = None,
     precision: Precision = None,
     json_path: JsonOut = None,
@@ -153,7 +158,8 @@ def linear(
             batch_size=batch_size, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
-            precision=precision, force=force,
+            precision=precision, force=force, data_path=data_path, store_size=store_size, store_on=store_on,
+            store_dir=store_dir,
         )
         write_json(json_path, results)
         if not quiet:

@@ -20,9 +20,12 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from sslkit import console, files
 from sslkit.config import TrainConfig, recorded
+from sslkit.data.datapath import describe as describe_data_path
+from sslkit.data.device_views import StoreViews
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.data.photometric import apply_photometric, finish_views
 from sslkit.engine import checkpoint as ckpt, distributed, rundir
@@ -99,14 +102,18 @@ class Trainer:
         if micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules()):
             raise UsageError(f"BatchNorm needs at least 2 images per pass; --batch-size {cfg.batch_size} gives "
                              f"{micro_batch}" + (" per process and pass" if shares > 1 else ""))
-        self.loader = make_loader(dataset, micro_batch, self.workers, self.device, sampler=self.sampler)
+        # the colour augmentations on the device: of the store path's views, and of the loader's views that
+        # carry their parameters (--augment-on device)
+        photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
+        if isinstance(dataset, StoreViews):  # the store path: batches made on the device, no workers
+            self.loader, self.workers = dataset.loader(self.sampler, micro_batch, self.device, photometric), 0
+        else:
+            self.loader = make_loader(dataset, micro_batch, self.workers, self.device, sampler=self.sampler)
         self.optimizer = build_optimizer(
             cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device
         )
         self.compiled = cfg.compile
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
-        # views that carry their colour augmentation's parameters (--augment-on device) get it here
-        photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
         self.to_device = partial(finish_views, device=self.device, apply=photometric)
         self.ddp = None  # with torchrun: the step wrapped so that backward all-reduces the gradients
         if self.dist.enabled:
@@ -127,7 +134,7 @@ class Trainer:
         saved = self._saved_metadata() if resume else None
         self.precision, self.precision_note = run_precision(self.cfg.precision, self.device, saved)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
-        self.run_config = {**self.run_config, "decided": self.precision.record()}
+        self.run_config = {**self.run_config, "decided": {**self.run_config.get("decided", {}), **self.precision.record()}}
         if not self.is_main:
             return self._train(resume, saved)
         with rundir.locked(self.out):  # one run at a time writes here
@@ -346,8 +353,12 @@ class Trainer:
             + (f" = {world} processes x {cfg.batch_size // world}" if world > 1 else "")
             + (f" ({cfg.accum_steps} passes of {cfg.batch_size // world // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
             + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:.3g} epochs"
-            + f" | {self.device.type} {self.precision.name}, {self.workers} workers" + (" per process" if world > 1 else "")
+            + f" | {self.device.type} {self.precision.name}, "
+            + (f"{self.workers} workers" if isinstance(self.loader, DataLoader) else "batches made on the device")
+            + (" per process" if world > 1 else "")
         )
+        if "data_path" in self.run_config.get("decided", {}):
+            console.info(describe_data_path(self.run_config["decided"], self.workers))
         if self.precision_note:
             console.info(self.precision_note)
 

@@ -20,9 +20,9 @@ SETTINGS = ["--arch", "test_vit", "--img-size", "32", "--out-dim", "64", "--loca
             "--precision", "fp32"]
 
 
-def run(command: list[str], cwd) -> subprocess.CompletedProcess:
+def run(command: list[str], cwd, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update({"OMP_NUM_THREADS": "1", **(extra_env or {})})
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -67,3 +67,28 @@ def test_shares_gathered_from_the_processes_are_the_items_in_order():
 def test_without_torchrun_there_is_no_process_group():
     assert not torch.distributed.is_initialized()
     assert context().world_size == 1 and context().is_main
+
+
+def test_two_processes_on_the_store_see_the_batches_one_process_sees(tmp_path):
+    """The store is built once (the second process waits for the first's cache file) and each process makes
+    the views of its share of every batch from the samples' seeds: the same views one process makes."""
+    images = make_folder(tmp_path / "images", classes=1, per_class=16, size=40, labelled=False)
+    settings = [*SETTINGS, "--data-path", "store"]
+    env = {"SSLKIT_STORE_DIR": str(tmp_path / "stores")}
+    run([sys.executable, "-m", "sslkit", "pretrain", "dino", str(images), "--out", str(tmp_path / "one"), *settings],
+        tmp_path, env)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sslkit",
+         "pretrain", "dino", str(images), "--out", str(tmp_path / "two"), *settings], tmp_path, env)
+    assert len(list((tmp_path / "stores").glob("*.npy"))) == 1
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(one, two):
+        if "loss" in a:
+            assert abs(a["loss"] - b["loss"]) <= 1e-5 * max(1.0, abs(a["loss"]))
+    single = ckpt.read_tensors(tmp_path / "one" / "checkpoints" / "last.safetensors", "model.")
+    double = ckpt.read_tensors(tmp_path / "two" / "checkpoints" / "last.safetensors", "model.")
+    for name, value in single.items():
+        assert torch.allclose(value, double[name], rtol=1e-4, atol=1e-6), name
+    decided = json.loads((tmp_path / "two" / "config.json").read_text())["decided"]
+    assert decided["data_path"] == "store"
