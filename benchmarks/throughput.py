@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -59,7 +60,7 @@ def prepare_images(folder: Path, count: int, source: Path | None, size: int) -> 
 def one_run(args, data: Path, out: Path) -> tuple[float, float, float]:
     settings = dict(arch=args.arch, img_size=args.img_size, batch_size=args.batch_size, epochs=1,
                     workers=args.workers, device=args.device, precision=args.precision, log_every=args.log_every,
-                    compile=args.compile, optimizer=args.optimizer)
+                    compile=args.compile, optimizer=args.optimizer, data_path=args.data_path)
     settings.update(args.set)
     sslkit.pretrain(args.method, data, out, **{k: v for k, v in settings.items() if v is not None})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, help="image folder to draw from (default: generated noise)")
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--data-path", choices=["auto", "store", "loader"],
+                        help="the input pipeline (default: the run's own choice, auto)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--device")
     parser.add_argument("--precision")
     parser.add_argument("--optimizer")
@@ -119,6 +123,7 @@ def main() -> None:
                         help="any other pretrain setting, e.g. projector_hidden_dim=1024 (value read as JSON)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("SSLKIT_STORE_DIR", str(Path(tmp) / "stores"))  # a decoded store goes with the run
         data = Path(tmp) / "images"
         prepare_images(data, args.steps * args.batch_size, args.data, int(args.img_size * 1.5))
         runs = [one_run(args, data, Path(tmp) / f"run{i}") for i in range(args.repeats)]
@@ -128,13 +133,19 @@ def main() -> None:
     achieved = flops * speed / 1e12
     peak = peak_tflops(args.device, args.peak_tflops)
     print(
-        f"{args.method} {args.arch} {args.img_size}px batch {args.batch_size}: "
+        f"{args.method} {args.arch} {args.img_size}px batch {args.batch_size}, data path {args.data_path or 'auto'}: "
         f"median {speed:.1f} images/s over {args.repeats} runs "
         f"({', '.join(f'{s:.1f}' for s in speeds)}), peak memory {max(m for _, m, _ in runs):.0f} MB, "
         f"waiting for data {100 * statistics.median(w for _, _, w in runs):.0f}% of the time"
     )
     print(f"{flops / 1e9:.2f} GFLOP per image per step, {achieved:.3f} TFLOP/s achieved"
           + (f", MFU {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s" if peak else ""))
+    if args.json:
+        figures = {"method": args.method, "arch": args.arch, "img_size": args.img_size, "batch_size": args.batch_size,
+                   "data_path": args.data_path or "auto", "images_per_s": speed, "runs": speeds,
+                   "peak_memory_mb": max(m for _, m, _ in runs), "data_wait": statistics.median(w for _, _, w in runs),
+                   "gflop_per_image": flops / 1e9, "tflops": achieved, "mfu": achieved / peak if peak else None}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
