@@ -32,8 +32,8 @@ DataPath = Annotated[Optional[str], typer.Option(
     help="Where batches come from. store: the images decoded once into uint8 (a cache file, memory-mapped), kept "
          "on the GPU or in RAM, and cropped, flipped and coloured on the training device, with no CPU work per "
          "image. loader: worker processes decode and augment every image each epoch. auto (default): the store "
-         "on CUDA when it fits in memory, the loader on CPUs and for RandAugment; decided once per run, recorded "
-         "and kept by --resume.", rich_help_panel=DATA)]
+         "when it fits in memory (on the GPU, else in RAM), the loader otherwise and for RandAugment; decided once "
+         "per run, recorded and kept by --resume.", rich_help_panel=DATA)]
 StoreSize = Annotated[Optional[int], typer.Option(
     help="Short side in pixels of the images in the decoded store (default: the crop size; never enlarged). "
          "Smaller stores fit more data in memory; crops from them are upsampled more.", rich_help_panel=DATA)]

@@ -6,21 +6,25 @@
 - ``loader``: worker processes decode and augment each image every epoch (sslkit.data.loader): for data that
   does not fit in memory, and for augmentations that only exist on the CPU (RandAugment).
 
-``auto`` takes the store on CUDA when it fits the memory budget, and the loader on a CPU, where it is faster
-(its workers run beside the training process; docs/scaling.md has the figures). The two paths draw their
+``auto`` takes the store when it fits the memory budget (on CUDA: the GPU's, then the RAM's), the loader
+otherwise. The store was measured faster on CPUs too, whole training steps included: there the loader's
+workers take cores from the training process (docs/scaling.md has the figures). The two paths draw their
 random numbers differently, so a run keeps the path it started with when it is resumed.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from sslkit.data.device_views import StoreViews
 from sslkit.data.loader import default_workers
-from sslkit.data.store import StorePlan, default_store_dir, gigabytes, memory_budget, open_store, plan_store
+from sslkit.data.store import (StorePlan, check_room, default_store_dir, gigabytes, memory_budget, open_store,
+                               plan_store)
 from sslkit.data.views import View
 from sslkit.errors import UsageError
 
@@ -56,8 +60,6 @@ def choose_data_path(asked: str, place: str, device: torch.device, nbytes, cpu_o
         if asked == "store":
             raise UsageError(f"--data-path store: {cpu_only}; use --data-path loader")
         return DataPath("loader", cpu_only)
-    if asked == "auto" and device.type != "cuda":
-        return DataPath("loader", "training on the CPU, where the loader's worker processes are faster")
     size = nbytes()
     where, what = _fitting_place(place, device, size)
     if where:
@@ -93,6 +95,8 @@ def training_data(dataset, views: tuple[View, ...], transform, train, device: to
     the store path's StoreViews of ``views``, or the dataset itself with the loader's ``transform``. ``train``
     is the run's TrainConfig; ``saved`` what a resumed run recorded."""
     short_side = train.store_size or max(view.size for view in views)
+    if device.type == "cuda" and device.index is None:  # with torchrun, this process's own GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     plans: list[StorePlan] = []
 
     def nbytes() -> int:
@@ -106,10 +110,11 @@ def training_data(dataset, views: tuple[View, ...], transform, train, device: to
     plan = plans[-1] if plans else plan_store(dataset, short_side)
     folder = Path(train.store_dir) if train.store_dir else default_store_dir()
     workers = default_workers() if train.workers is None else train.workers
-    store = open_store(dataset, plan, folder, workers + 1)
+    check_room(plan, folder)
     layout = {"short_side": short_side, "height": plan.height, "width": plan.width, "images": plan.count,
               "bytes": plan.nbytes, "place": path.place}
-    return StoreViews(store, views, path.place), {**path.record(), "store": layout}
+    source = StoreViews(partial(open_store, dataset, plan, folder, workers + 1), views, path.place, plan.count)
+    return source, {**path.record(), "store": layout}
 
 
 def describe(decided: dict, workers: int) -> str:

@@ -19,58 +19,70 @@ from sslkit.data.views import View
 class StoreViews:
     """A decoded store (sslkit.data.store.Store), the views a method trains on and where the store is to
     live while training (``place``: device, pinned or ram): what the trainer takes in place of an ImageFolder
-    to run on the store path."""
+    to run on the store path. ``store`` may be a function that opens it: it is then opened (and decoded when
+    not cached) when the first batch is asked for, after the run's checks and once it holds its folder."""
 
-    def __init__(self, store, views: tuple[View, ...], place: str = "ram"):
-        self.store, self.views, self.place = store, tuple(views), place
+    def __init__(self, store, views: tuple[View, ...], place: str = "ram", count: int | None = None):
+        self._store, self.views, self.place = store, tuple(views), place
+        self.count = len(store.labels) if count is None else count
 
     def __len__(self) -> int:
-        return len(self.store.labels)
+        return self.count
+
+    def store(self, device: torch.device):
+        """The store, opened if need be, in its place for training on ``device``."""
+        if callable(self._store):
+            self._store = self._store()
+        if self.place != self._store.location:
+            self._store = self._store.placed(self.place, device)
+        return self._store
 
     def loader(self, sampler, batch_size: int, device: torch.device, apply=apply_photometric) -> "StoreLoader":
         """Batches of ``batch_size`` on ``device`` (the training process's: with torchrun, its own GPU)."""
-        store = self.store.placed(self.place, device) if self.place != self.store.location else self.store
-        return StoreLoader(store, self.views, sampler, batch_size, device, apply)
+        return StoreLoader(self, sampler, batch_size, device, apply)
 
 
 class StoreLoader:
     """Iterates like a DataLoader over ``sampler`` (an EpochSampler: its epoch and start are read at each
     ``iter``), yielding batches already on ``device``."""
 
-    def __init__(self, store, views: tuple[View, ...], sampler, batch_size: int, device: torch.device, apply):
-        self.store, self.views, self.sampler = store, views, sampler
+    def __init__(self, source: StoreViews, sampler, batch_size: int, device: torch.device, apply):
+        self.source, self.views, self.sampler = source, source.views, sampler
         self.batch_size, self.device, self.apply = batch_size, device, apply
-        on_device = self.store.location not in ("ram", "pinned")
-        # a store in host memory: the batch's images are gathered there, into pinned memory when it feeds a GPU
-        self.pin = not on_device and device.type == "cuda"
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self):
+        self.store = self.source.store(self.device)
+        # a store in host memory: the batch's images are gathered there, into pinned memory when it feeds a GPU
+        self.pin = self.store.location in ("ram", "pinned") and self.device.type == "cuda"
         items = list(self.sampler)
         for start in range(0, len(items) - self.batch_size + 1, self.batch_size):
             indices, seeds = zip(*items[start : start + self.batch_size])
-            yield self.batch(torch.tensor(indices), torch.tensor(seeds, dtype=torch.int64))
+            indices, seeds = torch.tensor(indices), torch.tensor(seeds, dtype=torch.int64)
+            if self.device.type == "cuda":  # a copy from pageable memory would wait for the GPU's queue
+                indices, seeds = indices.pin_memory(), seeds.pin_memory()
+            yield self.batch(indices, seeds)
 
     def batch(self, indices: torch.Tensor, seeds: torch.Tensor):
         store = self.store
         where = store.images.device
         picked = indices.to(where)
-        images = self._gather(store.images, picked)
-        sizes = store.sizes[picked].to(self.device, non_blocking=True)
-        transposed = store.transposed[picked].to(self.device, non_blocking=True)
-        labels = store.labels[picked].to(self.device, non_blocking=True)
+        images, sizes, transposed, labels = (self._gather(values, picked) for values in
+                                             (store.images, store.sizes, store.transposed, store.labels))
         with torch.no_grad():
             views = make_views(images, sizes, transposed, seeds.to(self.device, non_blocking=True), self.views,
                                self.apply)
         return (views[0] if len(views) == 1 else views), labels
 
-    def _gather(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _gather(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``values[indices]`` on the training device. From host memory to a GPU through pinned memory: a copy
+        from pageable memory would wait for the GPU's queue to empty."""
         if not self.pin:
-            return images[indices].to(self.device, non_blocking=True)
-        staged = torch.empty((len(indices), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
-        torch.index_select(images, 0, indices, out=staged)
+            return values[indices].to(self.device, non_blocking=True)
+        staged = torch.empty((len(indices), *values.shape[1:]), dtype=values.dtype, pin_memory=True)
+        torch.index_select(values, 0, indices, out=staged)
         # pinned blocks come from PyTorch's caching host allocator, which keeps this one until the copy is done
         return staged.to(self.device, non_blocking=True)
 

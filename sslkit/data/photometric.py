@@ -71,7 +71,8 @@ def colour_params(numbers: torch.Tensor, blur_p: float, solarize_p: float, kerne
     u = numbers
     jitter = u[:, 0] < 0.8
     drawn = torch.stack([0.6 + 0.8 * u[:, 1], 0.6 + 0.8 * u[:, 2], 0.8 + 0.4 * u[:, 3], -0.1 + 0.2 * u[:, 4]], 1)
-    neutral = torch.tensor(NEUTRAL, device=u.device).expand_as(drawn)
+    neutral = torch.ones_like(drawn)  # made on the device: a copy from the host would wait for the GPU
+    neutral[:, HUE] = NEUTRAL[HUE]
     order = u[:, 5:9].argsort(dim=1).to(torch.float32)  # a uniformly random permutation of the 4 operations
     in_order = torch.arange(4.0, device=u.device).expand_as(order)
     blurred = u[:, 10] < blur_p

@@ -275,6 +275,18 @@ def _remove_stale_temporaries(cache_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def check_room(plan: StorePlan, cache_dir: Path | None = None) -> None:
+    """A UsageError now, before a run starts, when the store is not in the cache yet and the disk there cannot
+    hold it."""
+    cache_dir = Path(cache_dir or default_store_dir())
+    if _paths(cache_dir, plan.key)[1].is_file():
+        return
+    existing = cache_dir
+    while not existing.exists() and existing != existing.parent:  # the folder is made when the store is built
+        existing = existing.parent
+    _check_disk_space(existing, plan.nbytes)
+
+
 def _check_disk_space(cache_dir: Path, nbytes: int) -> None:
     free = shutil.disk_usage(cache_dir).free
     if free < nbytes + DISK_MARGIN:

@@ -1,7 +1,10 @@
 """View generators: the random augmentations each method trains on, and the evaluation transform.
 
-The CPU side works on uint8 (PIL, then uint8 tensors) and ships uint8 batches, 4x fewer bytes than float
-images; the model normalises them on its device (sslkit.models.backbones.Normalize).
+A method declares its views once (``View``: crop size and area, aspect ratios, ``Colour``); the loader path
+builds torchvision transforms from them here (``cpu_view``), the store path makes the same views on the
+training device (sslkit.data.device_views). The CPU side works on uint8 (PIL, then uint8 tensors) and ships
+uint8 batches, 4x fewer bytes than float images; the model normalises them on its device
+(sslkit.models.backbones.Normalize).
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ class ForkServer:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.count = 0
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+        # its own feature cache and decoded stores: module-scoped, it starts before a test's fixtures set them
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "SSLKIT_CACHE_DIR": str(workdir / "features"),
+               "SSLKIT_STORE_DIR": str(workdir / "stores")}
         self.process = subprocess.Popen([sys.executable, "-m", "tests.cli.forkserver"], cwd=ROOT, env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 

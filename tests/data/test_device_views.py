@@ -43,7 +43,8 @@ def test_pretraining_on_the_store_records_its_decision_and_trains(image_folder, 
     assert decided["store"] == {"short_side": 32, "height": 32, "width": 32, "images": 24, "bytes": 24 * 3 * 32 * 32,
                                 "place": "ram"}
     assert decided["precision"] == "fp32"
-    sslkit.pretrain("byol", image_folder, tmp_path / "loader", **dict(TINY_BYOL, epochs=2, log_every=1))
+    sslkit.pretrain("byol", image_folder, tmp_path / "loader",
+                    **dict(TINY_BYOL, epochs=2, log_every=1, data_path="loader"))
     on_store, on_loader = losses(tmp_path / "store"), losses(tmp_path / "loader")
     assert on_store.keys() == on_loader.keys() == set(range(1, 7))
     assert all(0 < loss < 8 for loss in on_store.values())  # 2 - 2 cos per view, two views: in [0, 8]
@@ -83,11 +84,15 @@ def test_the_second_run_reads_the_store_from_its_cache(image_folder, tmp_path, m
     assert same_weights(tmp_path / "first", tmp_path / "second")
 
 
-def test_auto_takes_the_loader_on_a_cpu_and_says_why(image_folder, tmp_path):
-    sslkit.pretrain("byol", image_folder, tmp_path / "run", **dict(TINY_BYOL, epochs=1))
-    decided = json.loads((tmp_path / "run" / "config.json").read_text())["decided"]
-    assert decided["data_path"] == "loader" and "CPU" in decided["data_path_reason"]
-    assert "store" not in decided
+def test_auto_takes_the_store_when_it_fits_and_the_loader_when_not(image_folder, tmp_path, monkeypatch):
+    sslkit.pretrain("byol", image_folder, tmp_path / "fits", **dict(TINY_BYOL, epochs=1))
+    decided = json.loads((tmp_path / "fits" / "config.json").read_text())["decided"]
+    assert decided["data_path"] == "store" and decided["data_path_reason"].startswith("it fits in half the")
+    monkeypatch.setattr("sslkit.data.datapath.memory_budget", lambda place, device: (1000, "half the RAM (1 kB)"))
+    sslkit.pretrain("byol", image_folder, tmp_path / "too-big", **dict(TINY_BYOL, epochs=1))
+    decided = json.loads((tmp_path / "too-big" / "config.json").read_text())["decided"]
+    assert decided["data_path"] == "loader" and "store" not in decided
+    assert decided["data_path_reason"] == "the decoded store needs 0.1 MB, more than half the RAM (1 kB)"
 
 
 def test_a_store_over_the_memory_budget_is_refused_in_one_line(image_folder, tmp_path, monkeypatch):

@@ -91,3 +91,31 @@ def test_colour_augmentations_on_the_gpu_match_the_cpu_and_train(image_folder, t
     sslkit.pretrain("dino", image_folder, run, **TINY["dino"], device="cuda", epochs=1, log_every=1,
                     augment_on="device")
     assert all(np.isfinite(r["loss"]) for r in records(run) if "loss" in r)
+
+
+def test_views_made_from_the_store_on_the_gpu_match_the_cpus():
+    from sslkit.data.device_views import make_views
+    from sslkit.data.views import dino_plan
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 40, 56), dtype=torch.uint8, generator=generator)
+    sizes = torch.tensor([[40, 56], [40, 40], [32, 56], [40, 48], [24, 30], [40, 56]])
+    transposed = torch.tensor([False, True, False, True, False, False])
+    seeds = torch.randint(0, 2**62, (6,), generator=generator)
+    views = dino_plan(32, (0.4, 1.0), 2, (0.05, 0.4), 16)
+    on_cpu = make_views(images, sizes, transposed, seeds, views)
+    on_gpu = make_views(images.cuda(), sizes.cuda(), transposed.cuda(), seeds.cuda(), views)
+    for cpu, gpu in zip(on_cpu, on_gpu):
+        difference = (cpu.float() - gpu.cpu().float()).abs()
+        assert difference.mean() < 0.5 and difference.max() <= 8  # TF32 products and rounding, same crops
+
+
+@pytest.mark.parametrize("store_on, place", [("auto", "device"), ("pinned", "pinned"), ("ram", "ram")])
+def test_auto_takes_the_store_on_the_gpu_wherever_it_is_kept(image_folder, tmp_path, store_on, place):
+    run = tmp_path / "run"
+    sslkit.pretrain("byol", image_folder, run, **{**TINY_BYOL, "device": "cuda", "precision": "auto", "epochs": 1,
+                                                  "log_every": 1, "store_on": store_on})
+    decided = json.loads((run / "config.json").read_text())["decided"]
+    assert decided["data_path"] == "store" and decided["store"]["place"] == place
+    losses = [r["loss"] for r in records(run) if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))

@@ -88,7 +88,8 @@ def test_a_run_records_its_precision_and_resumes_in_it_on_another_cpu_kind(monke
     assert "precision bf16, as recorded when the run started (native bf16 (AMX-BF16))" in second_half
     config = json.loads((tmp_path / "resumed" / "config.json").read_text())
     assert config["train"]["precision"] == "auto"
-    assert config["decided"] == {"precision": "bf16", "precision_reason": "native bf16 (AMX-BF16)"}
+    assert config["decided"]["precision"] == "bf16"
+    assert config["decided"]["precision_reason"] == "native bf16 (AMX-BF16)"
     metadata = ckpt.read_metadata(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
     assert metadata["precision"] == "bf16" and json.loads(metadata["config"])["decided"]["precision"] == "bf16"
     assert model_info(str(tmp_path / "resumed"))["precision"] == "bf16"
