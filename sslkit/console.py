@@ -32,7 +32,9 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    if not _quiet:
+    """sslkit's own warnings (data skipped, a setting changed) print even with --quiet, which hides progress
+    and information only; torchrun's other processes leave them to the first."""
+    if not _OTHER_PROCESS:
         stderr.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), soft_wrap=True)
 
 
@@ -76,7 +78,7 @@ _SHOWN: set[tuple[type, str]] = set()
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     lines = [text.strip() for text in str(message).splitlines() if text.strip()]
     text = lines[0] if lines else category.__name__
-    if (category, text) not in _SHOWN:
+    if (category, text) not in _SHOWN and not _quiet:  # the libraries' own warnings: silenced by --quiet
         _SHOWN.add((category, text))
         warn(text)
 

@@ -66,6 +66,17 @@ def test_python_warnings_are_one_line_each_once_also_from_a_worker(sslkit_cli, t
     assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
 
 
+def test_quiet_hides_progress_and_information_but_not_warnings_that_data_was_skipped(sslkit_cli, tmp_path):
+    data = make_folder(tmp_path / "data", classes=1, per_class=8, size=24, labelled=False)
+    (data / "empty.png").write_bytes(b"")
+    (data / "cut.png").write_bytes((data / "c0_000.png").read_bytes()[:60])
+    result = sslkit_cli.run("pretrain", "byol", data, "--out", tmp_path / "run", *PRETRAIN_OPTIONS, "--quiet")
+    assert result.code == 0, result.stderr
+    assert result.lines == [f"warning: skipped 2 unreadable image file(s): {data / 'cut.png'} (truncated); "
+                            f"{data / 'empty.png'} (empty file)"], result.stderr
+    assert result.stdout == ""
+
+
 def png_start(width: int, height: int) -> bytes:
     """The start of a PNG that claims a huge image (no IEND: listed as truncated, never decoded)."""
     def chunk(kind: bytes, body: bytes) -> bytes:
