@@ -2,12 +2,16 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "attention", "copydetect", "export", "finetune", "make_copy_benchmark", "pretrain",
-           "probe_knn", "probe_linear", "reconstruct"]
+__all__ = ["__version__", "attention", "copydetect", "embed", "export", "finetune", "make_copy_benchmark",
+           "pretrain", "probe_knn", "probe_linear", "reconstruct"]
 
 
 def __getattr__(name: str):
     # torch and timm take seconds to import: load the API on first use, so `sslkit --help` stays instant
+    if name == "embed":
+        from sslkit.evaluate.embed import embed
+
+        return embed
     if name in __all__[1:]:
         from sslkit import api
 

@@ -5,7 +5,7 @@ import sys
 import typer
 
 from sslkit import __version__, console
-from sslkit.cli import attention, copydetect, export, finetune, info, pretrain, probe, reconstruct
+from sslkit.cli import attention, copydetect, embed, export, finetune, info, pretrain, probe, reconstruct
 from sslkit.cli.common import fail
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(atte
 app.command(name="reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(reconstruct.reconstruct)
 app.add_typer(copydetect.app, name="copydetect")
 app.command(name="export", help=export.HELP, epilog=export.EPILOG)(export.export)
+app.command(name="embed", help=embed.HELP, epilog=embed.EPILOG)(embed.embed)
 app.command(name="info", help=info.HELP, epilog=info.EPILOG)(info.info)
 
 
