@@ -12,7 +12,8 @@ import json
 import random
 import tempfile
 import time
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from sslkit.data.datapath import training_data
 from sslkit.data.folders import ImageFolder, decoded, images_under
 from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip, crop_flip_view, eval_transform
-from sslkit.engine import rundir
+from sslkit.engine import dryrun, rundir
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import choose_precision, resolve_device
 from sslkit.engine.progress import read_records
@@ -41,11 +42,13 @@ from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, has_weights
 
 
 def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Path | None = None,
-             resume: bool = False, **settings) -> dict:
+             resume: bool = False, dry_run: bool = False, **settings) -> dict:
     """Pretrain ``method`` on the images under ``data``; the run (config, metrics, checkpoints) goes to ``out``.
 
     ``settings`` are the command-line options by their Python names (``epochs``, ``batch_size``, ``arch``,
-    ...); ``None`` values are ignored. With ``resume`` the run continues from ``out``'s last checkpoint.
+    ...); ``None`` values are ignored. With ``resume`` the run continues from ``out``'s last checkpoint. With
+    ``dry_run`` nothing trains: returns the plan (sslkit.engine.dryrun.plan: the resolved settings and every
+    schedule per logged step), drawn to ``out/schedules.png`` when ``out`` is new or empty.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
@@ -55,12 +58,12 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     cfg.check_known(values, *classes, source=config)
     values.update({k: v for k, v in settings.items() if v is not None})
     cfg.check_known(values, *classes)
-    out = Path(out)
+    out, refusal = Path(out), None
     if resume:
         values = _resume_settings(out, values, method)
     else:
         inputs = [Path(data), *(Path(values[k]) for k in ("eval_train", "eval_val") if values.get(k))]
-        rundir.check_new_run(out, values.get("force", False), tuple(inputs))
+        refusal = _check_new_run(out, values.get("force", False), tuple(inputs), dry_run)
     start = cfg.build(ContinueConfig, values)
     cfg.choice("checkpoint_key", start.checkpoint_key, ("teacher", "student"))
     weights = None
@@ -71,15 +74,15 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     train, options = spec.resolve(cfg.build(TrainConfig, values), cfg.build(spec.config, values), len(dataset))
     cfg.validate_train(train)
     _seed_everything(train.seed)
-    model = spec.build(options)
-    provenance = {}
-    if weights:
-        report = warm_start(model, weights, start.allow_partial)
-        announce(report)
-        provenance = {"continued_from": report["source"], **({"licence": weights.licence} if weights.licence else {})}
+    with torch.device("meta") if dry_run else nullcontext():  # a plan needs the model's views, not its weights
+        model = spec.build(options)
+    provenance = _continue(model, weights, start.allow_partial) if weights else {}
     source, decided = training_data(dataset, model.train_views, model.train_transform, train,
                                     resolve_device(train.device), saved=_decided(out) if resume else None)
     run_config = {**PretrainConfig(method, str(data), str(out), train, options, start).to_dict(), "decided": decided}
+    if dry_run:
+        return dryrun.plan(f"pretrain {method}", train, run_config, len(source), out, model,
+                           saved=dryrun.saved_metadata(out) if resume else None, refusal=refusal)
     evaluation = None
     if train.eval_train:
         from sslkit.evaluate.online import online_knn
@@ -88,6 +91,26 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
         evaluation = online_knn(model, train.eval_train, train.eval_val, options.img_size, train.eval_every,
                                 train.eval_k, workers)
     return Trainer(model, source, train, out, run_config, evaluation, provenance).fit(resume=resume)
+
+
+def _continue(model, weights, allow_partial: bool) -> dict[str, str]:
+    """--continue-from: the weights into the new run's model (a dry run's model on the meta device: only checked
+    to fit), said in a few lines; returns their provenance for the checkpoints."""
+    with warnings.catch_warnings():
+        # loading into meta tensors is a no-op, which torch warns about for every tensor
+        warnings.filterwarnings("ignore", message=".*non-meta parameter in the checkpoint to a meta parameter")
+        report = warm_start(model, weights, allow_partial)
+    announce(report)
+    return {"continued_from": report["source"], **({"licence": weights.licence} if weights.licence else {})}
+
+
+def _check_new_run(out: Path, force: bool, inputs: tuple[Path, ...], dry_run: bool) -> str | None:
+    """rundir.check_new_run; a dry run gets the reason it would refuse, to report, instead of the error."""
+    check = partial(rundir.check_new_run, out, force, inputs)
+    if dry_run:
+        return dryrun.refusal(check)
+    check()
+    return None
 
 
 def _decided(out: Path) -> dict:
@@ -158,12 +181,13 @@ def probe_knn(model: str, train: str | Path, val: str | Path, **settings) -> dic
     }
 
 
-def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> dict:
+def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: bool = False, **settings) -> dict:
     """Linear classifiers on ``model``'s frozen features, trained on ``train`` and scored on ``val`` every epoch.
 
     ``lr`` may list several learning rates: one head each, trained together. Returns the summary with
     ``top1`` / ``top5`` of the head that ends best (last epoch), ``best_top1`` over all heads and epochs, and
     per head its accuracy per epoch. With ``out`` the probe is a run directory (checkpoints, metrics, curves).
+    With ``dry_run`` no feature is computed: returns the plan (see :func:`pretrain`).
     """
     from sslkit.evaluate.linear import RECIPES, LinearProbe
 
@@ -171,24 +195,19 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
                            **{k: v for k, v in settings.items() if v is not None})
     cfg.validate_linear(options)
     recipe = RECIPES[options.recipe]
+    refusal = None
     if options.out:
-        rundir.check_new_run(Path(options.out), options.force, (Path(train), Path(val)))
+        refusal = _check_new_run(Path(options.out), options.force, (Path(train), Path(val)), dry_run)
     frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
     train_set, val_set, val_labels = frozen.labelled_sets()
-    val_features, _ = frozen.features(val_set, "val")
     lrs = options.lr or [recipe.base_lr * options.batch_size / 256]
-    train_cfg = TrainConfig(
-        epochs=options.epochs, batch_size=options.batch_size, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
-        warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
-        clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
-        workers=frozen.workers if options.augment else 0, save_every=options.save_every, force=options.force,
-        data_path=options.data_path, store_size=options.store_size, store_on=options.store_on,
-        store_dir=options.store_dir,
-    )
+    train_cfg = _linear_train_config(options, recipe, lrs, frozen.workers)
+    if dry_run:
+        return _linear_plan(options, frozen, train_set, train_cfg, lrs, refusal)
+    val_features, _ = frozen.features(val_set, "val")
     decided = {}
     if options.augment:  # features recomputed per epoch from random crops: nothing to cache
-        size = frozen.loaded.img_size
-        dataset, decided = training_data(train_set, (crop_flip(size),), crop_flip_view(size), train_cfg, frozen.device)
+        dataset, decided = _augmented(frozen, train_set, train_cfg)
         extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
     else:
         dataset, extractor = FeatureSet(*frozen.features(train_set, "train")), None
@@ -207,10 +226,9 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
             scores.update({f"val_top1/lr={lr:g}": h["top1"] for lr, h in zip(lrs, heads)})
         return scores
 
-    run_config = {"method": "linear", "model": options.model, "linear": dataclasses.asdict(options),
-                  "train": dataclasses.asdict(train_cfg), **({"decided": decided} if decided else {})}
     with _run_dir(options.out) as out:
-        fit = Trainer(probe, dataset, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit()
+        fit = Trainer(probe, dataset, train_cfg, out, _linear_run_config(options, train_cfg, decided),
+                      Evaluation(score, best="val_top1")).fit()
     heads = [_head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
     chosen = max(heads, key=lambda h: h["last"]["top1"])
     best = max(heads, key=lambda h: h["best"]["top1"])
@@ -231,6 +249,46 @@ def probe_linear(model: str, train: str | Path, val: str | Path, **settings) -> 
         "out": options.out,
         **({"best_checkpoint": str(Path(options.out) / "checkpoints" / "best.safetensors")} if options.out and fit.get("best") else {}),
     }
+
+
+def _linear_train_config(options: LinearConfig, recipe, lrs: list[float], workers: int) -> TrainConfig:
+    """The engine settings of a linear probe: the recipe's optimizer and schedule, the first head's lr."""
+    return TrainConfig(
+        epochs=options.epochs, batch_size=options.batch_size, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
+        warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
+        clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
+        workers=workers if options.augment else 0, save_every=options.save_every, force=options.force,
+        data_path=options.data_path, store_size=options.store_size, store_on=options.store_on,
+        store_dir=options.store_dir, logger=options.logger,
+    )
+
+
+def _linear_run_config(options: LinearConfig, train_cfg: TrainConfig, decided: dict) -> dict:
+    return {"method": "linear", "model": options.model, "linear": dataclasses.asdict(options),
+            "train": dataclasses.asdict(train_cfg), **({"decided": decided} if decided else {})}
+
+
+def _augmented(frozen: "FrozenFeatures", train_set: ImageFolder, train_cfg: TrainConfig) -> tuple[object, dict]:
+    """probe linear --augment: the training images as random resized crops + flips, and the data path's record."""
+    size = frozen.loaded.img_size
+    return training_data(train_set, (crop_flip(size),), crop_flip_view(size), train_cfg, frozen.device)
+
+
+def _linear_plan(options: LinearConfig, frozen: "FrozenFeatures", train_set: ImageFolder, train_cfg: TrainConfig,
+                 lrs: list[float], refusal: str | None) -> dict:
+    """probe linear --dry-run: the heads' schedules over the training set; no feature computed."""
+    from sslkit.evaluate.linear import RECIPES
+
+    recipe = RECIPES[options.recipe]
+    dataset, decided = _augmented(frozen, train_set, train_cfg) if options.augment else (train_set, {})
+    notes = [] if options.lr else [f"lr {lrs[0]:g} = the {options.recipe} recipe's {recipe.base_lr:g} x batch "
+                                   f"{options.batch_size} / 256"]
+    if len(lrs) > 1:
+        notes.append(f"{len(lrs)} heads, peak lr {', '.join(f'{lr:g}' for lr in lrs)}: the schedules show the first's"
+                     "; the others' are scaled to their own peak")
+    out = Path(options.out) if options.out else None
+    return dryrun.plan("probe linear", train_cfg, _linear_run_config(options, train_cfg, decided), len(dataset), out,
+                       batchnorm=recipe.batch_norm, refusal=refusal, notes=tuple(notes))
 
 
 def _head_summary(lr: float, per_epoch: list[dict]) -> dict:
@@ -256,16 +314,16 @@ def _run_dir(out: str | None):
 
 FINETUNE_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad",
                          "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every",
-                         "force", "keep", "data_path", "store_size", "store_on", "store_dir")
+                         "force", "keep", "data_path", "store_size", "store_on", "store_dir", "logger")
 
 
 def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *, resume: bool = False,
-             **settings) -> dict:
+             dry_run: bool = False, **settings) -> dict:
     """Fine-tune ``model`` (or train ``timm:ARCH`` from scratch) on the labelled ``train`` folder, scoring ``val``
     after every epoch; ``out`` gets the run (checkpoints ``last`` and ``best`` by val top-1, metrics, curves).
 
     ``settings`` are the command-line options by their Python names (``fraction``, ``epochs``, ``layer_decay``,
-    ...). Returns the best and last val accuracy.
+    ...). Returns the best and last val accuracy; with ``dry_run``, the plan instead (see :func:`pretrain`).
     """
     from sslkit.config import FinetuneConfig
     from sslkit.data.folders import balanced_subset
@@ -273,11 +331,11 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     from sslkit.methods.finetune import Finetune, default_layer_decay
 
     values = {k: v for k, v in settings.items() if v is not None}
-    out = Path(out)
+    out, refusal = Path(out), None
     if resume:
         values = _resume_settings(out, values, "finetune")
     else:
-        rundir.check_new_run(out, values.get("force", False), (Path(train), Path(val)))
+        refusal = _check_new_run(out, values.get("force", False), (Path(train), Path(val)), dry_run)
     cfg.check_known(values, TrainConfig, FinetuneConfig)
     options = cfg.build(FinetuneConfig, {**values, "model": str(model), "train": str(train), "val": str(val),
                                          "out": str(out)})
@@ -317,10 +375,15 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
         f"({options.fraction:g}), {len(train_set.classes)} classes, {img_size} px, layer decay {layer_decay:g}"
         + ("" if "batch_size" in values else f", batch {batch_size} (chosen for {len(train_set)} images)")
     )
-    val_loader = make_loader(val_set, 256, workers, device)
-    score = _classification_scores(method, val_loader, val_labels)
     run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg),
                   "decided": decided}
+    if dry_run:
+        chosen = [f"layer decay {layer_decay:g}"] if options.layer_decay is None else []
+        chosen += [] if "batch_size" in values else [f"batch {batch_size}: chosen for {len(train_set)} images"]
+        return dryrun.plan("finetune", train_cfg, run_config, len(source), out, method, refusal=refusal,
+                           saved=dryrun.saved_metadata(out) if resume else None, notes=tuple(chosen))
+    val_loader = make_loader(val_set, 256, workers, device)
+    score = _classification_scores(method, val_loader, val_labels)
     fit = Trainer(method, source, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
     return {
         "model": options.model, "description": loaded.description, "out": str(out), "img_size": img_size,

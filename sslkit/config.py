@@ -48,6 +48,7 @@ class TrainConfig:
     store_size: int | None = None  # short side of the decoded store's images; None: the crop size
     store_on: str = "auto"  # device | pinned | ram | auto
     store_dir: str | None = None  # None: $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores
+    logger: str = "jsonl"  # tensorboard: RUN/tensorboard/ too (sslkit.engine.tensorboard)
     save_every: int = 1  # epochs
     log_every: int = 10  # optimizer steps
     eval_train: str | None = None  # online k-NN during pretraining: labelled memory ...
@@ -60,7 +61,8 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they change how it runs, not what it computes.
 OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every", "eval_train", "eval_val",
-                      "eval_every", "eval_k", "force", "keep", "augment_on", "data_path", "store_on", "store_dir"}
+                      "eval_every", "eval_k", "force", "keep", "augment_on", "data_path", "store_on", "store_dir",
+                      "logger"}
 AUGMENT_ON = ("cpu", "device")
 
 
@@ -190,6 +192,7 @@ class LinearConfig(FrozenConfig):
     store_size: int | None = None
     store_on: str = "auto"
     store_dir: str | None = None
+    logger: str = "jsonl"
     out: str | None = None  # run directory (checkpoints, metrics, curves); None: a temporary one
     save_every: int = 10
     force: bool = False  # start over in a non-empty --out
@@ -359,15 +362,15 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} must hold a table of settings")
     ignored = sorted(k for k, v in _merged(data).items() if k in ONE_SHOT and v)
     if ignored:
-        console.warn(f"ignoring {', '.join(ignored)} in {path}: --force and --resume act once and are taken "
-                     "from the command line only")
+        console.warn(f"ignoring {', '.join(ignored)} in {path}: --force, --resume and --dry-run act once and "
+                     "are taken from the command line only")
     return flatten(data)
 
 
 def flatten(data: dict[str, Any]) -> dict[str, Any]:
     """Settings sections (``train``, ``byol``, ...) merged into one flat mapping. A run's record of what it
     decided (``decided``: the precision ``auto`` resolved to) is not a setting and stays out, and so do the
-    one-shot actions (``force``, ``resume``): a file never repeats them."""
+    one-shot actions (``force``, ``resume``, ``dry_run``): a file never repeats them."""
     return {k: v for k, v in _merged(data).items() if k not in ONE_SHOT}
 
 
@@ -503,6 +506,7 @@ def check_data_path(settings) -> None:
     """The input pipeline's settings of a TrainConfig or LinearConfig (sslkit.data.datapath)."""
     choice("data_path", settings.data_path, ("auto", "store", "loader"))
     choice("store_on", settings.store_on, ("auto", "device", "pinned", "ram"))
+    choice("logger", settings.logger, ("jsonl", "tensorboard"))
     check_img_size("store_size", settings.store_size)
 
 

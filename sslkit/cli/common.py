@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,6 +44,10 @@ StoreOn = Annotated[Optional[str], typer.Option(
 StoreDir = Annotated[Optional[str], typer.Option(
     help="Folder of the decoded stores' cache files (default $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores); a "
          "fast local disk helps the first epoch.", rich_help_panel=DATA)]
+Logger = Annotated[Optional[str], typer.Option(
+    help="Where the run's scalars go besides metrics.jsonl: jsonl (default: only there) or tensorboard (also "
+         "RUN/tensorboard/, for `tensorboard --logdir RUN`; needs pip install 'sslkit[tensorboard]').",
+    rich_help_panel=RUN)]
 AllowPartial = Annotated[bool, typer.Option(
     "--allow-partial",
     help="Experts: load the backbone tensors that fit and leave the rest as initialised (a warning lists them) "
@@ -58,6 +63,11 @@ Keep = Annotated[Optional[int], typer.Option(
     help="Periodic checkpoints to keep: besides checkpoints/last.safetensors, the newest K as "
          "epoch-NNNN.safetensors (default 1: the last only).", rich_help_panel=RUN)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (results still go to --json).")]
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Train nothing: resolve every setting exactly as the run would (presets, lr scaled with the "
+                      "batch, warm-up, the data set's size and path), print them with each schedule's start, peak "
+                      "and end, and draw RUN/schedules.png when --out is new or empty. Never touches an existing "
+                      "run; command line only, never from --config.", rich_help_panel=RUN)]
 def writable_file(path: Path | None) -> Path | None:
     """An option's callback: an output file that cannot be written is refused while the command line is read,
     before any work."""
@@ -145,3 +155,69 @@ def write_json(path: Path | None, results: dict) -> None:
 def examples(*lines: str) -> str:
     """An epilog for --help: a few example command lines."""
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
+
+
+def show_plan(plan: dict) -> None:
+    """A dry run's plan (sslkit.engine.dryrun.plan) on stdout: the resolved settings, each schedule's start,
+    peak and end, and where its picture went or why it was not drawn."""
+    from sslkit.visualize.schedules import PLAN_NAME
+
+    say = partial(console.stdout.print, soft_wrap=True, markup=False)
+    say(f"dry run of {plan['command']}: {plan['num_images']} images, {plan['steps_per_epoch']} steps per epoch x "
+        f"{plan['epochs']} epochs = {plan['total_steps']} steps, batch {plan['batch_size']}; nothing is trained")
+    console.stdout.print(_settings_table(plan["settings"]))
+    console.stdout.print(_schedules_table(plan["summary"], plan["at_resume"]))
+    frozen, steps = plan["last_layer_frozen_epochs"], plan["steps_per_epoch"]
+    if frozen:
+        say(f"last layer frozen (no update) in epochs {frozen[0]}-{frozen[-1]}: logged steps "
+            f"{(frozen[0] - 1) * steps + 1}-{frozen[-1] * steps}")
+    for note in plan["notes"]:
+        say(console.printable(note))
+    if plan["refusal"]:
+        console.warn(f"the run itself would stop: {plan['refusal']}")
+    if plan["picture"]:
+        say(f"schedules: {console.printable(plan['picture'])}")
+    else:
+        say(f"{PLAN_NAME} not written: {console.printable(plan['not_written'])}; the table above is the plan")
+
+
+def _settings_table(settings: dict):
+    """One row per setting, by section (train, the method's, decided, ...); values as text, never markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("section", "setting", "value", title="resolved settings", title_justify="left")
+    for section, values in settings.items():
+        rows = values.items() if isinstance(values, dict) else [("", values)]
+        for i, (name, value) in enumerate(rows):
+            table.add_row(Text(section if i == 0 else ""), Text(name), Text(console.printable(_shown(value))))
+    return table
+
+
+def _schedules_table(summary: dict, at_resume: dict | None):
+    """Each schedule's start, peak and end (and a resumed run's value at its first step)."""
+    from rich.table import Table
+
+    from sslkit.visualize.schedules import TITLES
+
+    table = Table("schedule", "start", "peak", "end", *(["at resume"] if at_resume else []),
+                  title="schedules over the optimizer steps", title_justify="left")
+    for name, values in summary.items():
+        resumed = [_shown(at_resume[name])] if at_resume else []
+        table.add_row(TITLES.get(name, name), *(_shown(values[k]) for k in ("start", "peak", "end")), *resumed)
+    return table
+
+
+def _shown(value) -> str:
+    """A setting's value as the plan's table shows it."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_shown(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return str(value)

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, DataPath, Device, Force, JsonOut, Keep, Precision, Quiet,
-                               StoreDir, StoreOn, StoreSize, Workers, examples, handle_errors, write_json)
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, DataPath, Device, DryRun, Force, JsonOut, Keep, Logger,
+                               Precision, Quiet, StoreDir, StoreOn, StoreSize, Workers, examples, handle_errors,
+                               show_plan, write_json)
 
 AUG = "Regularisation"
 
@@ -66,10 +67,12 @@ def finetune(
     allow_partial: AllowPartial = False,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the head, the fraction, the data order and augmentation (default 0).", rich_help_panel=RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", rich_help_panel=RUN)] = False,
+    dry_run: DryRun = False,
     force: Force = False,
     keep: Keep = None,
     save_every: Annotated[Optional[int], typer.Option(help="Write the last checkpoint every N epochs (default 1).", rich_help_panel=RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Log every N steps (default 10).", rich_help_panel=RUN)] = None,
+    logger: Logger = None,
     device: Device = None,
     precision: Precision = None,
     workers: Workers = None,
@@ -85,17 +88,23 @@ def finetune(
         from sslkit import api
 
         results = api.finetune(
-            model, train, val, out, resume=resume, fraction=fraction, epochs=epochs, batch_size=batch_size,
+            model, train, val, out, resume=resume, dry_run=dry_run, fraction=fraction, epochs=epochs,
+            batch_size=batch_size,
             img_size=img_size, blr=blr, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
             layer_decay=layer_decay, clip_grad=clip_grad, accum_steps=accum_steps, drop_path=drop_path,
             smoothing=smoothing, mixup=mixup, cutmix=cutmix, mixup_prob=mixup_prob,
             mixup_switch_prob=mixup_switch_prob, randaug=randaug, reprob=reprob, pool=pool,
             checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial, seed=seed, save_every=save_every,
-            log_every=log_every, force=force or None, keep=keep, device=device, precision=precision, workers=workers,
+            log_every=log_every, logger=logger, force=force or None, keep=keep, device=device, precision=precision,
+            workers=workers,
             data_path=data_path, store_size=store_size, store_on=store_on, store_dir=store_dir, compile=compile,
         )
-        write_json(json_path, results)
-        if not quiet:
+        write_json(json_path, results)  # with --dry-run: the plan
+        if quiet:
+            return
+        if dry_run:
+            show_plan(results)
+        else:
             _show(results)
 
 

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, DataPath, Device, Force, Keep, Precision, Quiet, StoreDir,
-                               StoreOn, StoreSize, Workers, examples, handle_errors, parse_bool)
+from sslkit.cli.common import (HW, OPT, RUN, AllowPartial, DataPath, Device, DryRun, Force, Keep, Logger, Precision,
+                               Quiet, StoreDir, StoreOn, StoreSize, Workers, examples, handle_errors, parse_bool,
+                               show_plan)
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
@@ -97,6 +98,7 @@ def byol(
     augment_on: AugmentOn = None,
     seed: Seed = None,
     resume: Resume = False,
+    dry_run: DryRun = False,
     force: Force = False,
     keep: Keep = None,
     continue_from: ContinueFrom = None,
@@ -105,6 +107,7 @@ def byol(
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
+    logger: Logger = None,
     eval_train: EvalTrain = None,
     eval_val: EvalVal = None,
     eval_every: EvalEvery = None,
@@ -120,20 +123,26 @@ def byol(
         predictor_hidden_dim=predictor_hidden_dim, device=device, precision=precision, workers=workers, data_path=data_path, store_size=store_size, store_on=store_on,
         store_dir=store_dir,
         compile=compile, augment_on=augment_on, seed=seed, save_every=save_every, log_every=log_every,
+        logger=logger,
         force=force or None, keep=keep,
         eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every, eval_k=eval_k,
     )
-    _run("byol", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
+    _run("byol", data, out, config, resume, dry_run, quiet, settings, continue_from, checkpoint_key, allow_partial)
 
 
-def _run(method: str, data: Path, out: Path, config: Optional[Path], resume: bool, quiet: bool, settings: dict,
-         continue_from: Optional[str], checkpoint_key: Optional[str], allow_partial: bool) -> None:
+def _run(method: str, data: Path, out: Path, config: Optional[Path], resume: bool, dry_run: bool, quiet: bool,
+         settings: dict, continue_from: Optional[str], checkpoint_key: Optional[str], allow_partial: bool) -> None:
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        result = api.pretrain(method, data, out, config=config, resume=resume, continue_from=continue_from,
-                              checkpoint_key=checkpoint_key, allow_partial=allow_partial or None, **settings)
-        if not quiet:
+        result = api.pretrain(method, data, out, config=config, resume=resume, dry_run=dry_run,
+                              continue_from=continue_from, checkpoint_key=checkpoint_key,
+                              allow_partial=allow_partial or None, **settings)
+        if quiet:
+            return
+        if dry_run:
+            show_plan(result)
+        else:
             typer.echo(f"checkpoint: {result['checkpoint']}")
 
 
@@ -204,6 +213,7 @@ def dino(
     augment_on: AugmentOn = None,
     seed: Seed = None,
     resume: Resume = False,
+    dry_run: DryRun = False,
     force: Force = False,
     keep: Keep = None,
     continue_from: ContinueFrom = None,
@@ -212,6 +222,7 @@ def dino(
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
+    logger: Logger = None,
     eval_train: EvalTrain = None,
     eval_val: EvalVal = None,
     eval_every: EvalEvery = None,
@@ -230,13 +241,14 @@ def dino(
         device=device, precision=precision, workers=workers, data_path=data_path, store_size=store_size, store_on=store_on,
         store_dir=store_dir, compile=compile, augment_on=augment_on, seed=seed,
         save_every=save_every,
-        log_every=log_every, force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val),
+        log_every=log_every, logger=logger, force=force or None, keep=keep, eval_train=_path(eval_train),
+        eval_val=_path(eval_val),
         eval_every=eval_every, eval_k=eval_k,
     )
     with handle_errors(quiet):
         if norm_last_layer is not None:
             settings["norm_last_layer"] = parse_bool("norm-last-layer", norm_last_layer)
-    _run("dino", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
+    _run("dino", data, out, config, resume, dry_run, quiet, settings, continue_from, checkpoint_key, allow_partial)
 
 
 MAE_PANEL = "MAE"
@@ -295,6 +307,7 @@ def mae(
     compile: Compile = None,
     seed: Seed = None,
     resume: Resume = False,
+    dry_run: DryRun = False,
     force: Force = False,
     keep: Keep = None,
     continue_from: ContinueFrom = None,
@@ -303,6 +316,7 @@ def mae(
     config: Config = None,
     save_every: SaveEvery = None,
     log_every: LogEvery = None,
+    logger: Logger = None,
     eval_train: EvalTrain = None,
     eval_val: EvalVal = None,
     eval_every: EvalEvery = None,
@@ -317,7 +331,8 @@ def mae(
         decoder_depth=decoder_depth, decoder_heads=decoder_heads, crop_scale=crop_scale, device=device,
         precision=precision, workers=workers, data_path=data_path, store_size=store_size, store_on=store_on,
         store_dir=store_dir, compile=compile, seed=seed, save_every=save_every, log_every=log_every,
+        logger=logger,
         force=force or None, keep=keep, eval_train=_path(eval_train), eval_val=_path(eval_val), eval_every=eval_every,
         eval_k=eval_k,
     )
-    _run("mae", data, out, config, resume, quiet, settings, continue_from, checkpoint_key, allow_partial)
+    _run("mae", data, out, config, resume, dry_run, quiet, settings, continue_from, checkpoint_key, allow_partial)

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import (AllowPartial, DataPath, Device, JsonOut, Precision, Quiet, StoreDir, StoreOn, StoreSize,
-                               Workers, examples, handle_errors, write_json)
+from sslkit.cli.common import (AllowPartial, DataPath, Device, JsonOut, Logger, Precision, Quiet, StoreDir, StoreOn,
+                               StoreSize, Workers, examples, handle_errors, show_plan, write_json)
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
@@ -127,6 +127,7 @@ def linear(
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Train on random resized crops + flips of the images, recomputing features (slower, no cache).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory for checkpoints (best and last), metrics.jsonl and curves.png (default: none kept).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out (the earlier run's checkpoints, metrics and config are deleted).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute no feature and train nothing: print the resolved settings (the recipe's lr for the batch, warm-up, steps per epoch over --train) with each schedule's start, peak and end; with a new or empty --out also draw OUT/schedules.png (without --out no picture is drawn).")] = False,
     checkpoint_key: CheckpointKey = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, the data order and a timm: baseline's weights (default 0).")] = None,
     arch: Arch = None,
@@ -143,6 +144,7 @@ def linear(
     store_size: StoreSize = None,
     store_on: StoreOn = None,
     store_dir: StoreDir = None,
+    logger: Logger = None,
     device: Device = None,
     precision: Precision = None,
     json_path: JsonOut = None,
@@ -153,16 +155,21 @@ def linear(
         from sslkit import api
 
         results = api.probe_linear(
-            model, train, val, recipe=recipe, epochs=epochs, lr=lr, augment=augment, out=str(out) if out else None,
+            model, train, val, dry_run=dry_run, recipe=recipe, epochs=epochs, lr=lr, augment=augment,
+            out=str(out) if out else None,
             checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size,
             batch_size=batch_size, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
             precision=precision, force=force, data_path=data_path, store_size=store_size, store_on=store_on,
-            store_dir=store_dir,
+            store_dir=store_dir, logger=logger,
         )
-        write_json(json_path, results)
-        if not quiet:
+        write_json(json_path, results)  # with --dry-run: the plan
+        if quiet:
+            return
+        if dry_run:
+            show_plan(results)
+        else:
             _show_linear(results)
 
 

@@ -40,6 +40,10 @@ class Method(Protocol):
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
         """Per-step updates after the optimizer (EMA teachers, centres); returns values to log."""
 
+    def scheduled(self, progress: Progress) -> dict[str, float]:
+        """The method's scheduled values at this step (EMA momentum, teacher temperature), without side effects:
+        what ``after_optimizer_step`` logs, and what ``--dry-run`` plots."""
+
     def param_groups(self) -> list[dict]:
         """Parameter groups for the optimizer, with ``wd_scale`` and ``lars_exclude`` keys."""
 

@@ -56,16 +56,27 @@ class ProgressDisplay:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step or epoch to ``metrics.jsonl``."""
+    """Appends one JSON object per logged step or epoch to ``metrics.jsonl``, and hands each record to the
+    ``sinks`` too (sslkit.engine.tensorboard)."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, sinks: tuple = ()):
         self.path, self.enabled = path, enabled  # with torchrun only the first process writes
+        self.sinks = sinks if enabled else ()
         self.start = time.time()
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        line = json.dumps({**record, "time": round(time.time() - self.start, 3)}) + "\n"
+        record = {**record, "time": round(time.time() - self.start, 3)}
+        self._append(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+    def _append(self, line: str) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
         try:
             with open(self.path, "a", encoding="utf-8") as handle:

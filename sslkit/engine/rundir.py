@@ -16,6 +16,7 @@ from pathlib import Path
 from sslkit import __version__, console, files
 from sslkit.engine import checkpoint as ckpt, distributed
 from sslkit.errors import UsageError
+from sslkit.visualize.schedules import PLAN_NAME, is_plan_picture
 
 MARKER = ".sslkit-run.json"  # written first into every run directory: what makes a folder recognisably a run
 LOCK = ".sslkit-lock.json"
@@ -36,7 +37,8 @@ def check_new_run(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
     for folder in inputs:
         if _within(out, folder):
             raise UsageError(f"--out {out} lies inside {folder}, which the run reads; choose a folder outside it")
-    if not out.is_dir() or not any(p.name != LOCK for p in out.iterdir()):  # a lock alone: left by a dead run
+    # a lock alone was left by a dead run; a dry run's plan alone is this run's picture of its schedules
+    if not out.is_dir() or not any(p.name != LOCK and not is_plan(p) for p in out.iterdir()):
         return
     ours = is_run(out)
     if not force:
@@ -67,12 +69,21 @@ def mark(out: Path, command: str) -> None:
         files.write_json(out / MARKER, {"sslkit": __version__, "command": command})
 
 
+def is_plan(path: Path) -> bool:
+    """Whether ``path`` is the schedules.png a dry run (--dry-run) drew: sslkit's, whichever command wrote it."""
+    return path.name == PLAN_NAME and path.is_file() and is_plan_picture(path)
+
+
 def run_files(out: Path) -> list[Path]:
     """The files a run wrote in ``out``: never a file of the user's, whatever its name."""
     found = [out / name for name in (*TOP_FILES, MARKER) if (out / name).is_file()]
+    found += [out / PLAN_NAME] if is_plan(out / PLAN_NAME) else []
     checkpoints = out / "checkpoints"
     if checkpoints.is_dir():
         found += sorted(p for p in checkpoints.iterdir() if p.is_file() and CHECKPOINT_NAME.fullmatch(p.name))
+    board = out / "tensorboard"  # --logger tensorboard
+    if board.is_dir():
+        found += sorted(p for p in board.iterdir() if p.is_file() and p.name.startswith("events.out.tfevents."))
     return found
 
 

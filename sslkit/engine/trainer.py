@@ -28,12 +28,12 @@ from sslkit.data.datapath import describe as describe_data_path
 from sslkit.data.device_views import StoreViews
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.data.photometric import apply_photometric, finish_views
-from sslkit.engine import checkpoint as ckpt, distributed, rundir
+from sslkit.engine import checkpoint as ckpt, distributed, rundir, tensorboard
 from sslkit.engine.device import Precision, resolve_device, run_precision
 from sslkit.engine.method import Method, Progress, StepOutput
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
-from sslkit.engine.schedules import cosine, warmup_cosine
+from sslkit.engine.schedules import resumed_step, step_plan, step_values
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 from sslkit.visualize.curves import write_curves
 
@@ -77,14 +77,8 @@ class Trainer:
         self.is_main = self.dist.is_main
         self.precision: Precision | None = None  # decided by fit(): once per run, kept on resume
         self.precision_note: str | None = None
-        shares = self.dist.world_size * cfg.accum_steps
-        if cfg.batch_size % shares:
-            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
-                             + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
-        self.steps_per_epoch = len(dataset) // cfg.batch_size
-        if self.steps_per_epoch == 0:
-            raise UsageError(f"--batch-size {cfg.batch_size} is larger than the data set ({len(dataset)} images)")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules())
+        self.steps_per_epoch, self.total_steps = step_plan(cfg, len(dataset), self.dist.world_size, batchnorm)
         self.num_images = len(dataset)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -98,10 +92,7 @@ class Trainer:
         self.workers = default_workers() if cfg.workers is None else cfg.workers
         self.sampler = EpochSampler(len(dataset), self.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.batch_size,
                                     self.dist.rank, self.dist.world_size)
-        micro_batch = cfg.batch_size // shares
-        if micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules()):
-            raise UsageError(f"BatchNorm needs at least 2 images per pass; --batch-size {cfg.batch_size} gives "
-                             f"{micro_batch}" + (" per process and pass" if shares > 1 else ""))
+        micro_batch = cfg.batch_size // (self.dist.world_size * cfg.accum_steps)
         # the colour augmentations on the device: of the store path's views, and of the loader's views that
         # carry their parameters (--augment-on device)
         photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
@@ -126,7 +117,7 @@ class Trainer:
         self.checkpoint_path = self.out / "checkpoints" / "last.safetensors"
         self.best_path = self.out / "checkpoints" / "best.safetensors"
         self.best: dict | None = None  # {"key", "value", "epoch", "step"} of the best evaluation so far
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main, sinks=_sinks(cfg, self.out))
         self.aside: Path | None = None  # --force: the earlier run's files until this run's first checkpoint
 
     # ---------------------------------------------------------------- the loop
@@ -147,6 +138,8 @@ class Trainer:
                 if self.aside is not None:
                     rundir.restore(self.aside, self.out)
                 raise
+            finally:
+                self.metrics.close()
 
     def _train(self, resume: bool, saved: dict | None) -> dict:
         if resume:
@@ -291,11 +284,7 @@ class Trainer:
 
     def _optimizer_step(self, progress: Progress) -> tuple[float, float]:
         cfg = self.cfg
-        warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
-        lr = warmup_cosine(self.step, self.total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-        weight_decay = cfg.weight_decay
-        if cfg.weight_decay_end is not None:
-            weight_decay = cosine(self.step, self.total_steps, cfg.weight_decay, cfg.weight_decay_end)
+        lr, weight_decay = step_values(cfg, self.step, self.total_steps, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
             group["weight_decay"] = weight_decay * group.get("wd_scale", 1.0)
@@ -396,11 +385,7 @@ class Trainer:
         return ckpt.read_metadata(self.checkpoint_path)
 
     def _restore(self, metadata: dict[str, str]) -> None:
-        if int(metadata.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
-            raise UsageError(
-                f"--resume: the run had {metadata['steps_per_epoch']} steps per epoch, this data and batch size "
-                f"give {self.steps_per_epoch}; resume with the same data set and --batch-size"
-            )
+        step = resumed_step(metadata, self.steps_per_epoch)
         tensors = ckpt.read_tensors(self.checkpoint_path)
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.method.load_state_dict(model, strict=True)
@@ -408,13 +393,21 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.unpack(state["optim"], tensors))
         self.scaler.load_state_dict(ckpt.unpack(state["scaler"], tensors))
         _set_rng_state(ckpt.unpack(state["rng"], tensors))
-        self.step = int(metadata["step"])
+        self.step = step
         self.best = json.loads(metadata["best"]) if "best" in metadata else None
         self.provenance.update({k: metadata[k] for k in PROVENANCE if k in metadata})
         console.info(f"resuming from {self.checkpoint_path} at step {self.step}")
 
 
 PROVENANCE = ("continued_from", "licence")
+
+
+def _sinks(cfg: TrainConfig, out: Path) -> tuple:
+    """Where the metrics go besides metrics.jsonl (--logger)."""
+    if cfg.logger != "tensorboard":
+        return ()
+    tensorboard.check_available()
+    return (tensorboard.TensorBoardLog(out / "tensorboard"),)
 
 
 class _Step(torch.nn.Module):

@@ -107,6 +107,9 @@ class LinearProbe(nn.Module):
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
         return {}
 
+    def scheduled(self, progress: Progress) -> dict[str, float]:
+        return {}
+
     def param_groups(self) -> list[dict]:
         groups = []
         for lr, head in zip(self.lrs, self.heads):

@@ -115,11 +115,15 @@ class BYOL(nn.Module):
     def before_optimizer_step(self, progress: Progress) -> None:
         pass
 
-    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
+    def scheduled(self, progress: Progress) -> dict[str, float]:
+        """The scheduled values of this step, by name as logged; no side effect, so the dry run shows them."""
         # tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, per step k of K
-        tau = cosine(progress.step, progress.total_steps, self.options.tau_base, 1.0)
-        ema_update(self.target_parameters(), self.online_parameters(), tau)
-        return {"tau": tau}
+        return {"tau": cosine(progress.step, progress.total_steps, self.options.tau_base, 1.0)}
+
+    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
+        values = self.scheduled(progress)
+        ema_update(self.target_parameters(), self.online_parameters(), values["tau"])
+        return values
 
     def param_groups(self) -> list[dict]:
         online = nn.ModuleDict({"backbone": self.backbone, "projector": self.projector, "predictor": self.predictor})

@@ -200,9 +200,13 @@ class DINO(nn.Module):
     def start_step(self, progress: Progress) -> None:
         self.teacher_temp.fill_(self._teacher_temperature(progress.epoch))
 
+    def last_layer_frozen(self, progress: Progress) -> bool:
+        """Whether this step leaves the head's last layer as it is (the first --freeze-last-layer epochs)."""
+        return progress.epoch < self.options.freeze_last_layer
+
     def before_optimizer_step(self, progress: Progress) -> None:
         # the last layer learns only after --freeze-last-layer epochs ("helps training", main_dino.py)
-        if progress.epoch < self.options.freeze_last_layer:
+        if self.last_layer_frozen(progress):
             for param in self.head.last_layer.parameters():
                 param.grad = None
 
@@ -212,11 +216,16 @@ class DINO(nn.Module):
     def teacher_parameters(self) -> list[torch.Tensor]:
         return [*self.teacher.parameters(), *self.teacher_head.parameters()]
 
+    def scheduled(self, progress: Progress) -> dict[str, float]:
+        """The scheduled values of this step, by name as logged; no side effect, so the dry run shows them."""
+        # the temperature from the schedule, not the buffer: reading a GPU tensor here would sync every step
+        return {"momentum": cosine(progress.step, progress.total_steps, self.options.momentum_teacher, 1.0),
+                "teacher_temp": self._teacher_temperature(progress.epoch)}
+
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
-        momentum = cosine(progress.step, progress.total_steps, self.options.momentum_teacher, 1.0)
-        ema_update(self.teacher_parameters(), self.student_parameters(), momentum)
-        # from the schedule, not the buffer: reading a GPU tensor here would sync every step
-        return {"momentum": momentum, "teacher_temp": self._teacher_temperature(progress.epoch)}
+        values = self.scheduled(progress)
+        ema_update(self.teacher_parameters(), self.student_parameters(), values["momentum"])
+        return values
 
     def param_groups(self) -> list[dict]:
         student = nn.ModuleDict({"backbone": self.backbone, "head": self.head})

@@ -109,6 +109,9 @@ class Finetune(nn.Module):
     def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
         return {}
 
+    def scheduled(self, progress: Progress) -> dict[str, float]:
+        return {}
+
     def param_groups(self) -> list[dict]:
         """One group per (layer id, decay or not) with the layer's lr scale."""
         depth = len(self.backbone.blocks) if is_vit(self.backbone) else 0

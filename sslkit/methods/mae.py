@@ -256,8 +256,12 @@ class MAE(nn.Module):
     def before_optimizer_step(self, progress: Progress) -> None:
         pass
 
-    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
+    def scheduled(self, progress: Progress) -> dict[str, float]:
+        """MAE schedules nothing beyond the trainer's lr and weight decay."""
         return {}
+
+    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
+        return self.scheduled(progress)
 
     def param_groups(self) -> list[dict]:
         return decay_groups(self.named_parameters())  # the fixed position embeddings are left out (no grad)
