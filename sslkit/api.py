@@ -654,18 +654,23 @@ def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key:
 
 def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,
               threshold: float | None = None, checkpoint_key: str = "teacher", arch: str | None = None,
-              allow_partial: bool = False, device: str = "auto", force: bool = False) -> dict:
+              pos_resample: str | None = None, allow_partial: bool = False, device: str = "auto",
+              force: bool = False) -> dict:
     """Last-block CLS self-attention maps of a ViT for each image (files, or folders searched recursively).
 
     Writes, per image, ``out/<name>/``: ``img.png`` (the resized input), ``attn-head{j}.png``, ``attn-mean.png``,
     ``overlay.png`` and with ``threshold`` ``mask-th{t}-head{j}.png`` / ``mask-th{t}-mean.png``; returns (and
     writes to ``out/attention.json``) per image its size, patch grid and share of attention in the central region.
     ``out`` may hold an earlier output of this command; with ``force`` other files too, never overwritten.
+    ``pos_resample`` (dino or timm) says how the position embedding is resampled to each image's patch grid;
+    by default dino for official DINO weights, timm otherwise.
     """
     from sslkit.visualize import attention as viz
 
     cfg.choice("device", device, cfg.DEVICES)
     cfg.choice("checkpoint_key", checkpoint_key, ("teacher", "student"))
+    if pos_resample is not None:
+        cfg.choice("pos_resample", pos_resample, viz.POS_RESAMPLINGS)
     cfg.check_img_size("img_size", img_size)
     if threshold is not None and not 0 < threshold < 1:
         raise UsageError(f"--threshold must lie between 0 and 1, not {threshold}")
@@ -677,6 +682,7 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
     loaded = load_backbone(str(model), checkpoint_key, arch=arch, dynamic=True, allow_partial=allow_partial)
     if not is_vit(loaded.module):
         raise UsageError(f"{model} is a {loaded.arch}, not a vision transformer: it has no attention maps")
+    pos_resample = viz.choose_pos_resample(loaded, pos_resample)
     torch_device = resolve_device(device)
     extractor = FeatureExtractor(loaded.module).to(torch_device)
     patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
@@ -686,7 +692,8 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
     for path, picture in console.track(decoded(files), len(files), "attention maps"):
         image = viz.prepare_image(picture, img_size, patch)
         grid = (image.shape[-2] // patch, image.shape[-1] // patch)
-        probs = viz.last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)))
+        probs = viz.last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)),
+                                         pos_resample)
         maps = viz.cls_attention(probs, prefix, grid)[0].cpu()  # (heads, h, w)
         for png, array in zip(pngs, viz.pictures(image.permute(1, 2, 0).numpy(), maps, patch, threshold)):
             out.write(f"{names[path]}/{png}", partial(viz.save_png, array))
@@ -694,7 +701,7 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
                         "heads": len(maps), "central_mass": round(float(viz.central_mass(maps.mean(dim=0))), 4)})
     summary = {
         "model": str(model), "description": loaded.description, "img_size": img_size, "patch_size": patch,
-        "threshold": threshold, "images": results,
+        "pos_resample": pos_resample, "threshold": threshold, "images": results,
         "mean_central_mass": round(sum(r["central_mass"] for r in results) / len(results), 4),
     }
     out.write("attention.json", partial(_write_summary, summary))

@@ -20,6 +20,11 @@ def attention(
     threshold: Annotated[Optional[float], typer.Option(help="Also draw the masks keeping this share of the attention mass (DINO uses 0.6).")] = None,
     checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
     arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
+    pos_resample: Annotated[Optional[str], typer.Option(
+        help="How the position embedding is resampled to an image's patch grid: dino (bicubic with DINO's +0.1 "
+             "scale factors, as DINO's visualize_attention.py does) or timm (antialiased bicubic to the exact "
+             "grid). Default: dino for official DINO weights, which were trained with it, timm otherwise. The "
+             "maps of non-square images differ a lot between the two.")] = None,
     allow_partial: AllowPartial = False,
     device: Device = None,
     force: OutputForce = False,
@@ -31,8 +36,8 @@ def attention(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.attention(model, images, out, img_size=img_size, threshold=threshold,
-                                checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial,
-                                device=device or "auto", force=force)
+                                checkpoint_key=checkpoint_key, arch=arch, pos_resample=pos_resample,
+                                allow_partial=allow_partial, device=device or "auto", force=force)
         write_json(json_path, results)
         if not quiet:
             _show(results)
@@ -49,13 +54,15 @@ HELP = (
 EPILOG = examples(
     "sslkit attention runs/dino photos/cat.jpg --out attn/",
     "sslkit attention dino_deitsmall8_pretrain.pth val/ --out attn/ --threshold 0.6 --img-size 480",
+    "sslkit attention dino_deitsmall16_pretrain.pth wide.jpg --out attn-timm/ --pos-resample timm",
     "sslkit attention timm:vit_small_patch16_224 photos/ --out attn-random/ --json random.json",
 )
 
 
 def _show(results: dict) -> None:
     console.stdout.print(
-        f"attention of {results['description']}, patch {results['patch_size']}, written to "
+        f"attention of {results['description']}, patch {results['patch_size']}, position embedding resampled "
+        f"as {results['pos_resample']} does, written to "
         f"{Path(results['images'][0]['out']).parent}",
         soft_wrap=True, markup=False,
     )

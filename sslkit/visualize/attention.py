@@ -3,10 +3,15 @@ visualize_attention), drawn as PNG heat maps, overlays and threshold masks.
 
 The attention is recomputed from the last block's own qkv projection (a forward pre-hook captures its
 input), so timm's fused attention kernel, which never materialises the attention matrix, stays untouched.
+
+On a patch grid other than the trained one the position embedding is resampled either as timm does it
+(antialiased bicubic to the exact grid) or as DINO's own code does (:func:`dino_resample_pos_embed`); the
+weights are never changed.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,13 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
+
+from sslkit import config as cfg
+from sslkit.engine import foreign
+from sslkit.engine.checkpoint import LoadedBackbone
+from sslkit.errors import UsageError
+from sslkit.models.backbones import patch_size
 
 # viridis at ten evenly spaced points (matplotlib's default colour map), interpolated to 256 entries
 _VIRIDIS = np.array([
@@ -25,14 +37,24 @@ COLORMAP = np.stack(
 ).round().astype(np.uint8)
 
 
+POS_RESAMPLINGS = ("dino", "timm")
+
+
 @torch.no_grad()
-def last_block_attention(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d))`` of the last block for normalised ``images``: (B, heads, tokens, tokens)."""
+def last_block_attention(backbone: nn.Module, images: torch.Tensor, pos_resample: str = "timm") -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d))`` of the last block for normalised ``images``: (B, heads, tokens, tokens).
+
+    ``pos_resample`` says how the position embedding meets a patch grid other than the trained one: ``timm``
+    (the backbone's own forward) or ``dino`` (:func:`dino_embed`)."""
+    cfg.choice("pos_resample", pos_resample, POS_RESAMPLINGS)
     attn = backbone.blocks[-1].attn
     captured = {}
     handle = attn.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
     try:
-        backbone.forward_features(images)
+        if pos_resample == "dino":
+            backbone.blocks(dino_embed(backbone, images))
+        else:
+            backbone.forward_features(images)
     finally:
         handle.remove()
     x = captured["x"]
@@ -40,6 +62,70 @@ def last_block_attention(backbone: nn.Module, images: torch.Tensor) -> torch.Ten
     qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
     return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
+
+
+def dino_resample_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int],
+                            num_prefix_tokens: int = 1) -> torch.Tensor:
+    """A position embedding (1, prefix + N, D) trained on a square grid of N patches, for a ``grid_hw`` grid as
+    DINO's ``interpolate_pos_encoding`` resamples it.
+
+    The patch part, as a sqrt(N) x sqrt(N) image of D channels, is resized bicubically by the scale factors
+    ``(h + 0.1) / sqrt(N)`` and ``(w + 0.1) / sqrt(N)`` (DINO adds 0.1 so that floating point error cannot round
+    the output size down; the factors, not the sizes, place the samples), without antialiasing and with
+    ``align_corners=False``; the prefix (CLS) embeddings are kept. The trained grid itself is left unchanged.
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise UsageError(f"DINO's resampling needs a square trained grid, not {patches.shape[1]} patches")
+    h, w = grid_hw
+    if (h, w) == (side, side):
+        return pos_embed
+    square = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(square, scale_factor=((h + 0.1) / side, (w + 0.1) / side), mode="bicubic")
+    if resized.shape[-2:] != (h, w):
+        raise UsageError(f"DINO's resampling gave a {tuple(resized.shape[-2:])} grid, not {(h, w)}")
+    resized = resized.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
+    return torch.cat([prefix, resized], dim=1)
+
+
+def dino_embed(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The tokens a timm ViT feeds its first block for ``images``, with the position embedding resampled by
+    :func:`dino_resample_pos_embed` rather than by timm: what ``forward_features`` does before its blocks."""
+    patch = patch_size(backbone)
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    tokens = backbone.patch_embed(images).reshape(len(images), grid[0] * grid[1], -1)  # NHWC when dynamic
+    prefix = [t.expand(len(images), -1, -1) for t in (backbone.cls_token, backbone.reg_token) if t is not None]
+    if backbone.no_embed_class:  # DeiT-3 style: the embedding covers the patches only
+        tokens = torch.cat([*prefix, tokens + dino_resample_pos_embed(backbone.pos_embed, grid, 0)], dim=1)
+    else:
+        pos_embed = dino_resample_pos_embed(backbone.pos_embed, grid, backbone.num_prefix_tokens)
+        tokens = torch.cat([*prefix, tokens], dim=1) + pos_embed
+    return backbone.norm_pre(backbone.patch_drop(backbone.pos_drop(tokens)))
+
+
+def official_dino(loaded: LoadedBackbone) -> bool:
+    """Whether ``loaded`` holds weights of an official DINO release, as imported (not trained further by
+    sslkit): a DINO training checkpoint (or an ``sslkit export`` of one, which keeps its licence), or a
+    backbone-only file under its release name (``dino_deitsmall16_pretrain.pth`` and the like; not DINOv2's
+    ``dinov2_*``)."""
+    if loaded.method not in ("", "none"):  # "none": an export of imported weights
+        return False
+    if loaded.licence == foreign.DINO_LICENCE:
+        return True
+    source = Path(loaded.source)
+    return source.suffix in foreign.SUFFIXES and source.name.lower().startswith("dino_")
+
+
+def choose_pos_resample(loaded: LoadedBackbone, requested: str | None = None) -> str:
+    """``requested`` (dino or timm), or by default dino for official DINO weights (:func:`official_dino`): they
+    were trained, local crops included, with DINO's resampling; timm for everything else."""
+    if requested is None:
+        return "dino" if official_dino(loaded) else "timm"
+    cfg.choice("pos_resample", requested, POS_RESAMPLINGS)
+    if requested == "dino" and getattr(loaded.module, "pos_embed", None) is None:
+        raise UsageError(f"{loaded.source} has no learned position embedding; --pos-resample dino does not apply")
+    return requested
 
 
 def cls_attention(attention: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:

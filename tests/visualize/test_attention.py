@@ -2,15 +2,22 @@ import json
 
 import numpy as np
 import pytest
+import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from timm.layers import resample_abs_pos_embed
+from typer.testing import CliRunner
 
 import sslkit
+from sslkit.cli import app
+from sslkit.engine import foreign
+from sslkit.engine.checkpoint import LoadedBackbone, load_backbone
 from sslkit.engine.foreign import infer_vit_arch
 from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, create_backbone
-from sslkit.visualize.attention import (central_mass, cls_attention, heat_map, last_block_attention, prepare_image,
-                                       threshold_mask)
+from sslkit.visualize.attention import (central_mass, choose_pos_resample, cls_attention, dino_resample_pos_embed,
+                                       heat_map, last_block_attention, prepare_image, threshold_mask)
 
 
 def tiny_vit():
@@ -89,8 +96,9 @@ def test_official_dino_pth_loads_under_timm_names_and_gives_that_models_maps(tmp
     result = sslkit.attention(str(tmp_path / "checkpoint.pth"), [tmp_path / "noise.png"], tmp_path / "a",
                               img_size=64, arch="test_vit")
     image = prepare_image(Image.open(tmp_path / "noise.png"), 64, 16)
-    expected = cls_attention(last_block_attention(vit, Normalize()(image[None])), 1, (4, 4))[0].mean(dim=0)
-    assert result["images"][0]["grid"] == [4, 4]
+    # official DINO weights: the position embedding resampled (2 x 2 -> 4 x 4) the way DINO does
+    expected = cls_attention(last_block_attention(vit, Normalize()(image[None]), "dino"), 1, (4, 4))[0].mean(dim=0)
+    assert result["pos_resample"] == "dino" and result["images"][0]["grid"] == [4, 4]
     assert result["images"][0]["central_mass"] == pytest.approx(central_mass(expected).item(), abs=1e-4)
     drawn = np.asarray(Image.open(tmp_path / "a" / "noise" / "attn-mean.png"))
     assert np.abs(drawn.astype(int) - heat_map(expected, 16).astype(int)).max() <= 1
@@ -98,6 +106,92 @@ def test_official_dino_pth_loads_under_timm_names_and_gives_that_models_maps(tmp
     other = create_backbone("test_vit", 64).eval()
     unrelated = cls_attention(last_block_attention(other, Normalize()(image[None])), 1, (4, 4))[0].mean(dim=0)
     assert np.abs(drawn.astype(int) - heat_map(unrelated, 16).astype(int)).max() > 10
+
+
+def dinos_formula(pos_embed, h0, w0):
+    """DINO's interpolate_pos_encoding written out: the patch embeddings as a sqrt(N) x sqrt(N) image, bicubic
+    with the scale factors (h0 + 0.1) / sqrt(N), (w0 + 0.1) / sqrt(N), after the CLS embedding."""
+    side = int((pos_embed.shape[1] - 1) ** 0.5)
+    patches = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, scale_factor=((h0 + 0.1) / side, (w0 + 0.1) / side), mode="bicubic")
+    assert patches.shape[-2:] == (h0, w0)
+    return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)], dim=1)
+
+
+@pytest.mark.parametrize("grid", [(14, 21), (21, 14), (5, 9)])
+def test_dino_resampling_equals_dinos_formula_on_non_square_grids_and_differs_from_timms(grid):
+    torch.manual_seed(0)
+    pos_embed = torch.randn(1, 1 + 14 * 14, 8)
+    resampled = dino_resample_pos_embed(pos_embed, grid)
+    assert resampled.shape == (1, 1 + grid[0] * grid[1], 8)
+    assert torch.allclose(resampled, dinos_formula(pos_embed, *grid), rtol=0, atol=1e-6)
+    assert torch.equal(resampled[:, 0], pos_embed[:, 0])
+    timms = resample_abs_pos_embed(pos_embed, list(grid), num_prefix_tokens=1)
+    assert (resampled - timms).abs().max() > 0.05
+    assert dino_resample_pos_embed(pos_embed, (14, 14)) is pos_embed  # the trained grid: as DINO, untouched
+
+
+def test_dino_path_runs_timms_forward_with_dinos_position_embedding():
+    vit = tiny_vit()  # trained grid 2 x 2
+    with torch.no_grad():
+        vit.pos_embed.mul_(50)  # make positions matter, so that the two resamplings visibly part
+    weights = {k: v.clone() for k, v in vit.state_dict().items()}
+    images = torch.randn(2, 3, 48, 32)  # a 3 x 2 grid
+    # the same weights in a ViT built for 3 x 2, holding DINO's resampled embedding: timm's own forward
+    fixed = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=(48, 32)).eval()
+    fixed.load_state_dict({**vit.state_dict(), "pos_embed": dinos_formula(vit.pos_embed, 3, 2)})
+    dino = last_block_attention(vit, images, "dino")
+    assert torch.allclose(dino, last_block_attention(fixed, images), atol=1e-5)
+    assert (dino - last_block_attention(vit, images, "timm")).abs().max() > 1e-4  # float noise is ~1e-7
+    square = torch.randn(2, 3, 32, 32)  # the trained grid: both are the backbone's plain forward
+    assert torch.allclose(last_block_attention(vit, square, "dino"), last_block_attention(vit, square), atol=1e-6)
+    assert all(torch.equal(v, weights[k]) for k, v in vit.state_dict().items())  # the weights are left alone
+
+
+def test_default_resampling_is_dino_for_official_dino_weights_only(tmp_path):
+    official_dino_checkpoint(tmp_path / "checkpoint.pth")
+    torch.save(tiny_vit().state_dict(), tmp_path / "dino_deitsmall16_pretrain.pth")  # a backbone-only release
+    torch.save(tiny_vit().state_dict(), tmp_path / "my_vit.pth")
+    torch.save(tiny_vit().state_dict(), tmp_path / "dinov2_vits14_pretrain.pth")  # resamples its own way
+    for fmt in ("timm", "sslkit"):  # exports of DINO's weights keep their licence
+        sslkit.export(str(tmp_path / "checkpoint.pth"), tmp_path / f"{fmt}.safetensors", format=fmt, arch="test_vit")
+    for name, expected in [("checkpoint.pth", "dino"), ("dino_deitsmall16_pretrain.pth", "dino"),
+                           ("timm.safetensors", "dino"), ("sslkit.safetensors", "dino"),
+                           ("my_vit.pth", "timm"), ("dinov2_vits14_pretrain.pth", "timm")]:
+        loaded = load_backbone(str(tmp_path / name), arch="test_vit", dynamic=True)
+        assert choose_pos_resample(loaded) == expected, name
+        assert choose_pos_resample(loaded, "timm") == "timm"
+    assert choose_pos_resample(load_backbone("timm:test_vit", dynamic=True)) == "timm"
+    # an sslkit run warm-started from DINO's weights carries their licence, but sslkit trained it: timm
+    run = LoadedBackbone(tiny_vit(), "test_vit", 32, "dino test_vit (teacher), step 9",
+                         "run/checkpoints/last.safetensors", "dino", "9", foreign.DINO_LICENCE)
+    assert choose_pos_resample(run) == "timm" and choose_pos_resample(run, "dino") == "dino"
+    with pytest.raises(UsageError, match="--pos-resample must be one of dino, timm, not 'bogus'"):
+        choose_pos_resample(run, "bogus")
+
+
+def test_timm_model_defaults_to_timms_resampling_and_the_two_differ_on_a_wide_image(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    results = {}
+    for choice in ("dino", "timm", None):
+        torch.manual_seed(0)  # the same random init each time
+        results[choice] = sslkit.attention("timm:test_vit", [tmp_path / "wide.png"], tmp_path / f"out-{choice}",
+                                           img_size=32, pos_resample=choice)
+    assert results[None]["pos_resample"] == "timm" and results[None]["images"] == [
+        {**row, "out": str(tmp_path / "out-None" / "wide")} for row in results["timm"]["images"]]
+    assert results["dino"]["pos_resample"] == "dino" and results["dino"]["images"][0]["grid"] == [2, 3]
+    drawn = {c: np.asarray(Image.open(tmp_path / f"out-{c}" / "wide" / "attn-head0.png")) for c in ("dino", "timm")}
+    assert not np.array_equal(drawn["dino"], drawn["timm"])
+
+
+def test_bogus_pos_resample_exits_2_with_one_error_line(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    result = CliRunner().invoke(app, ["attention", "timm:test_vit", str(tmp_path / "x.png"), "--out",
+                                      str(tmp_path / "a"), "--pos-resample", "bogus"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: --pos-resample must be one of dino, timm, not 'bogus'\n"
+    assert not (tmp_path / "a").exists()
 
 
 def test_partial_weight_load_is_refused(tmp_path):
