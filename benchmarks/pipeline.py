@@ -33,27 +33,24 @@ from sslkit.data.loader import EpochSampler, make_loader
 from sslkit.data.photometric import finish_views
 from sslkit.data.device_views import StoreViews
 from sslkit.data.store import open_store, plan_store
-from sslkit.data.views import MultiCrop, byol_plan, byol_views, crop_flip, dino_plan, mae_view
+from sslkit.data.views import byol_plan, cpu_views, crop_flip, dino_plan
 
 from throughput import prepare_images
 
 
-def views(method: str, img_size: int, local_crops: int, on_device: bool):
-    if method == "byol":
-        return byol_views(img_size, on_device)
-    if method == "dino":
-        dino = DINOConfig()  # its default crop scales
-        return MultiCrop(img_size, dino.global_crops_scale, local_crops, dino.local_crops_scale, on_device=on_device)
-    return mae_view(img_size)
-
-
 def plan(method: str, img_size: int, local_crops: int):
+    """The method's views at its default crop scales: what both paths make."""
     if method == "byol":
         return byol_plan(img_size)
     if method == "dino":
         dino = DINOConfig()
         return dino_plan(img_size, dino.global_crops_scale, local_crops, dino.local_crops_scale)
     return (crop_flip(img_size, (0.2, 1.0)),)
+
+
+def views(method: str, img_size: int, local_crops: int, on_device: bool):
+    """The loader path's transform of the same views."""
+    return cpu_views(plan(method, img_size, local_crops), on_device)
 
 
 def store_speed(source: StoreViews, batch_size: int, batches: int, seed: int, device: torch.device) -> float:

@@ -25,10 +25,17 @@ def run(*args) -> None:
     subprocess.run([*SSLKIT, *map(str, args)], check=True)
 
 
+MARKER = ".sslkit-demo"  # what makes OUT the demo's own folder, which a new demo may clear
+
+
 def main(out: Path) -> None:
     start = time.perf_counter()
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        sys.exit(f"{out} holds files that are not an earlier demo's; choose another folder (make clean removes demo-out)")
     for name in ("digits", "photos", "byol", "mae", "reconstructions", "attention"):
         shutil.rmtree(out / name, ignore_errors=True)  # the demo's own folders, from an earlier demo
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by docs/examples/demo.py\n")
     subprocess.run([sys.executable, HERE / "digits_folder.py", out / "digits"], check=True)
     subprocess.run([sys.executable, HERE / "photo_folder.py", out / "photos"], check=True)
     digits, photos = out / "digits", out / "photos"

@@ -25,6 +25,7 @@ class StoreViews:
     def __init__(self, store, views: tuple[View, ...], place: str = "ram", count: int | None = None):
         self._store, self.views, self.place = store, tuple(views), place
         self.count = len(store.labels) if count is None else count
+        self._placed_for: torch.device | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -33,8 +34,10 @@ class StoreViews:
         """The store, opened if need be, in its place for training on ``device``."""
         if callable(self._store):
             self._store = self._store()
-        if self.place != self._store.location:
-            self._store = self._store.placed(self.place, device)
+        if self._placed_for != device:  # once per run: each epoch's loader asks again
+            if self.place != self._store.location:
+                self._store = self._store.placed(self.place, device)
+            self._placed_for = device
         return self._store
 
     def loader(self, sampler, batch_size: int, device: torch.device, apply=apply_photometric) -> "StoreLoader":

@@ -104,12 +104,6 @@ def cpu_views(views: tuple[View, ...], on_device: bool = False):
     return cpu_view(views[0], on_device) if len(views) == 1 else ViewSet(views, on_device)
 
 
-def augmented_view(size: int, scale: tuple[float, float], blur_p: float, solarize_p: float,
-                   resolution: float | None = None, on_device: bool = False) -> v2.Compose:
-    """``cpu_view`` of a ``colour_view``."""
-    return cpu_view(colour_view(size, scale, blur_p, solarize_p, resolution), on_device)
-
-
 def byol_plan(img_size: int) -> tuple[View, View]:
     """BYOL's two view distributions (Grill et al. 2020, Table 6). T: blur always, never solarize;
     T': blur with p 0.1, solarize with p 0.2."""
@@ -159,11 +153,6 @@ def crop_flip(img_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> View:
 
 def crop_flip_view(img_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
     return cpu_view(crop_flip(img_size, scale))
-
-
-def mae_view(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:
-    """MAE's only augmentation: random resized crop (area 0.2-1, bicubic) and horizontal flip."""
-    return crop_flip_view(img_size, scale)
 
 
 def finetune_view(img_size: int, randaug: str | None) -> v2.Compose:
