@@ -125,7 +125,8 @@ def main() -> None:
                 speeds = [store_speed(source, args.batch_size, args.batches, seed, device)
                           for seed in range(args.repeats)]
                 shown = ", ".join(f"{s:.0f}" for s in speeds)
-                print(f"{method:6} {'store':6} {device.type:10} {'-':>7} {statistics.median(speeds):9.0f}  ({shown:16})")
+                median = statistics.median(speeds)
+                print(f"{method:6} {'store':6} {device.type:10} {'-':>7} {median:9.0f}  ({shown:16})")
 
 
 def loader_rows(args, folder: Path, method: str, device: torch.device) -> None:

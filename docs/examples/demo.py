@@ -31,7 +31,8 @@ MARKER = ".sslkit-demo"  # what makes OUT the demo's own folder, which a new dem
 def main(out: Path) -> None:
     start = time.perf_counter()
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        sys.exit(f"{out} holds files that are not an earlier demo's; choose another folder (make clean removes demo-out)")
+        sys.exit(f"{out} holds files that are not an earlier demo's; choose another folder "
+                 "(make clean removes demo-out)")
     for name in ("digits", "photos", "byol", "mae", "reconstructions", "attention"):
         shutil.rmtree(out / name, ignore_errors=True)  # the demo's own folders, from an earlier demo
     out.mkdir(parents=True, exist_ok=True)
