@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import tempfile
 import time
@@ -184,12 +185,16 @@ def probe_knn(model: str, train: str | Path, val: str | Path, **settings) -> dic
 def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: bool = False, **settings) -> dict:
     """Linear classifiers on ``model``'s frozen features, trained on ``train`` and scored on ``val`` every epoch.
 
-    ``lr`` may list several learning rates: one head each, trained together. Returns the summary with
-    ``top1`` / ``top5`` of the head that ends best (last epoch), ``best_top1`` over all heads and epochs, and
-    per head its accuracy per epoch. With ``out`` the probe is a run directory (checkpoints, metrics, curves).
-    With ``dry_run`` no feature is computed: returns the plan (see :func:`pretrain`).
+    ``lr`` may list several learning rates (default: the recipe's grid, sslkit.evaluate.linear.LR_GRIDS): one
+    head each, trained together. The lr is chosen by cross-validation on ``train`` first (the heads trained
+    on four fifths and scored on the fifth held out, five times; ``lr_choice``), then every head trains on all
+    of ``train``. Returns the summary with ``top1`` /
+    ``top5`` (last epoch, on ``val``) of the chosen head, ``best_top1`` over all heads and epochs (chosen on
+    ``val``: optimistic), and per head its accuracy per epoch. With ``out`` the probe is a run directory
+    (checkpoints, metrics, curves). With ``dry_run`` no feature is computed: returns the plan (see
+    :func:`pretrain`).
     """
-    from sslkit.evaluate.linear import RECIPES, LinearProbe
+    from sslkit.evaluate.linear import RECIPES, LinearProbe, lr_grid
 
     options = LinearConfig(model=str(model), train=str(train), val=str(val),
                            **{k: v for k, v in settings.items() if v is not None})
@@ -200,8 +205,10 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
         refusal = _check_new_run(Path(options.out), options.force, (Path(train), Path(val)), dry_run)
     frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
     train_set, val_set, val_labels = frozen.labelled_sets()
-    lrs = options.lr or [recipe.base_lr * options.batch_size / 256]
-    train_cfg = _linear_train_config(options, recipe, lrs, frozen.workers)
+    # without --batch-size a small labelled set gets a smaller step batch (the forward passes keep theirs)
+    batch = options.batch_size if settings.get("batch_size") else min(options.batch_size, _auto_batch(len(train_set)))
+    lrs = options.lr or lr_grid(options.recipe, batch)
+    train_cfg = _linear_train_config(options, recipe, lrs, frozen.workers, batch)
     if dry_run:
         return _linear_plan(options, frozen, train_set, train_cfg, lrs, refusal)
     val_features, _ = frozen.features(val_set, "val")
@@ -211,6 +218,8 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
         extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
     else:
         dataset, extractor = FeatureSet(*frozen.features(train_set, "train")), None
+    choice = _choose_linear_lr(frozen, options, train_set, train_cfg, lrs) if len(lrs) > 1 else None
+    _seed_everything(options.seed)
     probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
         "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
         "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
@@ -230,7 +239,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
         fit = Trainer(probe, dataset, train_cfg, out, _linear_run_config(options, train_cfg, decided),
                       Evaluation(score, best="val_top1")).fit()
     heads = [_head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
-    chosen = max(heads, key=lambda h: h["last"]["top1"])
+    chosen = heads[lrs.index(choice.lr)] if choice else heads[0]
     best = max(heads, key=lambda h: h["best"]["top1"])
     return {
         **frozen.summary(train_set, val_set),
@@ -238,8 +247,9 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
         "recipe": options.recipe,
         "augment": options.augment,
         "epochs": options.epochs,
-        "batch_size": options.batch_size,
+        "batch_size": batch,
         "lr": chosen["lr"],
+        "lr_choice": choice.record() if choice else None,
         "top1": chosen["last"]["top1"],
         "top5": chosen["last"]["top5"],
         "best_top1": best["best"]["top1"],
@@ -251,10 +261,66 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
     }
 
 
-def _linear_train_config(options: LinearConfig, recipe, lrs: list[float], workers: int) -> TrainConfig:
+def _choose_linear_lr(frozen: "FrozenFeatures", options: LinearConfig, train_set: ImageFolder,
+                      train_cfg: TrainConfig, lrs: list[float]):
+    """Cross-validate one head per lr over the folds of ``train_set`` (None: nothing can be held out, and the
+    head that ends best on val is reported)."""
+    from sslkit.data.folders import held_out_folds
+    from sslkit.evaluate.linear import LinearProbe
+    from sslkit.evaluate.lr_choice import FOLDS, LrChoice
+
+    folds = [(fit, held) for fit, held in held_out_folds(train_set.labels, FOLDS, options.seed) if held]
+    if not folds:
+        console.warn("no class has two labelled images, so none can be held out to choose the lr: the head "
+                     "reported is the one best on --val (optimistic)")
+        return None
+    _fits_the_slice(train_cfg.batch_size, min(len(fit) for fit, _ in folds), len(train_set))
+    features, labels = frozen.features(train_set, "train")  # centre crops, cached: what the held-out are scored on
+    trial = dataclasses.replace(train_cfg, save_every=train_cfg.epochs, force=False, logger="jsonl")
+    correct, loss = torch.zeros(len(lrs)), torch.zeros(len(lrs))
+    console.info(f"choosing the lr: {len(lrs)} heads, {len(folds)}-fold cross-validation on {len(train_set)} "
+                 "training images")
+    for number, (fit, held) in enumerate(folds, 1):
+        if options.augment:
+            dataset, decided = _augmented(frozen, train_set.subset(fit), trial)
+            extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
+        else:
+            dataset, decided, extractor = FeatureSet(features[fit], labels[fit]), {}, None
+        _seed_everything(options.seed)
+        probe = LinearProbe(features.shape[1], len(train_set.classes), lrs, options.recipe, extractor)
+        held_x, held_y = features[held].to(frozen.device), labels[held].to(frozen.device)
+        scored: list[dict] = []
+
+        def score() -> dict[str, float]:
+            scored[:] = probe.score(held_x, held_y)
+            return {"held_out_top1": max(h["top1"] for h in scored)}
+
+        console.info(f"fold {number} of {len(folds)}: {len(fit)} images to train on, {len(held)} held out")
+        with tempfile.TemporaryDirectory(prefix="sslkit-lr-") as tmp:
+            Trainer(probe, dataset, trial, Path(tmp), _linear_run_config(options, trial, decided),
+                    Evaluation(score, every=trial.epochs)).fit()
+        correct += torch.tensor([h["top1"] for h in scored]) * len(held) / 100
+        loss += torch.tensor([h["loss"] for h in scored]) * len(held)
+    total = sum(len(held) for _, held in folds)
+    top1 = tuple(round(100 * c / total, 2) for c in correct.tolist())
+    choice = LrChoice(tuple(lrs), top1, tuple(round(x / total, 5) for x in loss.tolist()), len(folds[0][0]), total,
+                      len(folds))
+    console.info(choice.describe())
+    if choice.at_an_edge():
+        console.warn(choice.at_an_edge())
+    return choice
+
+
+def _fits_the_slice(batch: int, fit: int, total: int) -> None:
+    if batch > fit:
+        raise UsageError(f"--batch-size {batch} is larger than the {fit} training images the lr is chosen with "
+                         f"({fit} of {total}; the rest held out): give a smaller --batch-size, or one --lr")
+
+
+def _linear_train_config(options: LinearConfig, recipe, lrs: list[float], workers: int, batch: int) -> TrainConfig:
     """The engine settings of a linear probe: the recipe's optimizer and schedule, the first head's lr."""
     return TrainConfig(
-        epochs=options.epochs, batch_size=options.batch_size, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
+        epochs=options.epochs, batch_size=batch, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
         warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
         clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
         workers=workers if options.augment else 0, save_every=options.save_every, force=options.force,
@@ -278,14 +344,16 @@ def _linear_plan(options: LinearConfig, frozen: "FrozenFeatures", train_set: Ima
                  lrs: list[float], refusal: str | None) -> dict:
     """probe linear --dry-run: the heads' schedules over the training set; no feature computed."""
     from sslkit.evaluate.linear import RECIPES
+    from sslkit.evaluate.lr_choice import FOLDS
 
     recipe = RECIPES[options.recipe]
     dataset, decided = _augmented(frozen, train_set, train_cfg) if options.augment else (train_set, {})
-    notes = [] if options.lr else [f"lr {lrs[0]:g} = the {options.recipe} recipe's {recipe.base_lr:g} x batch "
-                                   f"{options.batch_size} / 256"]
+    notes = [] if options.lr else [f"lrs: the {options.recipe} recipe's grid x batch {train_cfg.batch_size} / 256"]
     if len(lrs) > 1:
         notes.append(f"{len(lrs)} heads, peak lr {', '.join(f'{lr:g}' for lr in lrs)}: the schedules show the first's"
                      "; the others' are scaled to their own peak")
+        notes.append(f"the lr is chosen by {FOLDS}-fold cross-validation on the training labels (the heads train on "
+                     f"four fifths, {FOLDS} times), then every head trains on all of them")
     out = Path(options.out) if options.out else None
     return dryrun.plan("probe linear", train_cfg, _linear_run_config(options, train_cfg, decided), len(dataset), out,
                        batchnorm=recipe.batch_norm, refusal=refusal, notes=tuple(notes))
@@ -314,7 +382,8 @@ def _run_dir(out: str | None):
 
 FINETUNE_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad",
                          "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every",
-                         "force", "keep", "data_path", "store_size", "store_on", "store_dir", "logger")
+                         "force", "keep", "data_path", "store_size", "store_on", "store_dir", "logger", "optimizer",
+                         "momentum", "nesterov", "betas", "eval_every")
 
 
 def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *, resume: bool = False,
@@ -322,90 +391,190 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     """Fine-tune ``model`` (or train ``timm:ARCH`` from scratch) on the labelled ``train`` folder, scoring ``val``
     after every epoch; ``out`` gets the run (checkpoints ``last`` and ``best`` by val top-1, metrics, curves).
 
-    ``settings`` are the command-line options by their Python names (``fraction``, ``epochs``, ``layer_decay``,
-    ...). Returns the best and last val accuracy; with ``dry_run``, the plan instead (see :func:`pretrain`).
+    ``settings`` are the command-line options by their Python names (``fraction``, ``epochs``, ``recipe``,
+    ...). ``recipe="auto"`` takes the semi-supervised recipe for up to 200,000 labelled images, whose lr is
+    chosen on a held-out slice of ``train`` unless ``lr`` or ``blr`` is given, and MAE's above. Returns the
+    best and last val accuracy and, when the lr was chosen, the choice (``lr_choice``); with ``dry_run``, the
+    plan instead (see :func:`pretrain`).
     """
     from sslkit.config import FinetuneConfig
     from sslkit.data.folders import balanced_subset
-    from sslkit.data.views import finetune_view
-    from sslkit.methods.finetune import Finetune, default_layer_decay
+    from sslkit.methods import finetune as ft
 
     values = {k: v for k, v in settings.items() if v is not None}
     out, refusal = Path(out), None
     if resume:
-        values = _resume_settings(out, values, "finetune")
+        values = {"recipe": ft.MAE, **_resume_settings(out, values, "finetune")}  # runs before --recipe were MAE's
     else:
         refusal = _check_new_run(out, values.get("force", False), (Path(train), Path(val)), dry_run)
     cfg.check_known(values, TrainConfig, FinetuneConfig)
-    options = cfg.build(FinetuneConfig, {**values, "model": str(model), "train": str(train), "val": str(val),
-                                         "out": str(out)})
-    cfg.validate_finetune(options)
-    _seed_everything(values.get("seed", 0))
-    loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
-                           drop_path_rate=options.drop_path, allow_partial=options.allow_partial)
-    if not has_weights(loaded.module):
-        raise UsageError(f"{model} has no weights to fine-tune")
-    backbone, img_size = loaded.module.train().requires_grad_(True), loaded.img_size
-    if options.pool != "default":
-        if not is_vit(backbone):
-            raise UsageError("--pool token / avg choose a ViT's pooling; conv nets average-pool")
-        backbone.reset_classifier(0, global_pool=options.pool)
-    layer_decay = options.layer_decay or default_layer_decay(backbone)
-    if layer_decay != 1 and not is_vit(backbone):
-        raise UsageError("--layer-decay needs a vision transformer (layer ids are its blocks); use 1 for conv nets")
-    train_view = _finetune_view(finetune_view, img_size, options.randaug)
-    train_set = ImageFolder(options.train, labelled=True)
-    val_set = ImageFolder(options.val, eval_transform(img_size), labelled=True)
-    val_labels = val_set.labels_in(train_set)
+    paths = {"model": str(model), "train": str(train), "val": str(val), "out": str(out)}
+    cfg.validate_finetune(cfg.build(FinetuneConfig, {**values, **paths}))
+    seed = values.get("seed", 0)
+    train_set = ImageFolder(paths["train"], labelled=True)
     labelled_total = len(train_set)
-    if options.fraction < 1:
-        train_set.keep(balanced_subset(train_set.labels, options.fraction, values.get("seed", 0)))
+    if values.get("fraction", 1.0) < 1:
+        train_set.keep(balanced_subset(train_set.labels, values["fraction"], seed))
+    recipe, why = ft.choose_recipe(values.get("recipe", "auto"), len(train_set))
+    options = cfg.build(FinetuneConfig, {**ft.recipe_options(recipe), **values, **paths, "recipe": recipe})
+    cfg.validate_finetune(options)
     batch_size = values.get("batch_size") or _auto_batch(len(train_set))
-    train_cfg = _finetune_train_config(values, batch_size, options.blr)
+    blr = values.get("blr", options.blr if recipe == ft.MAE else None)
+    given_train = {k: values[k] for k in FINETUNE_TRAIN_FIELDS if k in values}
+    train_cfg = ft.train_settings(recipe, given_train, batch_size, blr, len(train_set), len(train_set.classes))
     if (options.mixup > 0 or options.cutmix > 0) and (batch_size // train_cfg.accum_steps) % 2:
         raise UsageError(f"mixup / cutmix pair each image with another: use an even --batch-size (not {batch_size})")
-    method = Finetune(backbone, len(train_set.classes), options, layer_decay, loaded.arch, img_size, train_set.classes)
-    workers = default_workers() if train_cfg.workers is None else train_cfg.workers
-    device = resolve_device(train_cfg.device)
-    randaug = None if options.randaug.lower() == "none" else "RandAugment runs on the CPU only (--randaug none: off)"
-    source, decided = training_data(train_set, (crop_flip(img_size),), train_view, train_cfg, device, randaug,
-                                    saved=_decided(out) if resume else None)
-    console.info(
-        f"fine-tuning {loaded.description} on {len(train_set)} of {labelled_total} labelled images "
-        f"({options.fraction:g}), {len(train_set.classes)} classes, {img_size} px, layer decay {layer_decay:g}"
-        + ("" if "batch_size" in values else f", batch {batch_size} (chosen for {len(train_set)} images)")
-    )
-    run_config = {"method": "finetune", "finetune": dataclasses.asdict(options), "train": dataclasses.asdict(train_cfg),
-                  "decided": decided}
+    run = _FinetuneRun(options, seed)
+    if train_cfg.data_path == "store" and run.cpu_only:  # refused before any run starts
+        raise UsageError(f"--data-path store: {run.cpu_only}; use --data-path loader")
+    notes = [f"{recipe} recipe: {why}"] + ([] if "batch_size" in values else
+                                           [f"batch {batch_size}: chosen for {len(train_set)} images"])
+    console.info(f"fine-tuning {run.loaded.description} on {len(train_set)} of {labelled_total} labelled images "
+                 f"({options.fraction:g}), {len(train_set.classes)} classes, {run.img_size} px, "
+                 f"{'; '.join(notes)}")
+    lrs = ft.SEMI_SUPERVISED_LRS if train_cfg.lr is None else ()
     if dry_run:
-        chosen = [f"layer decay {layer_decay:g}"] if options.layer_decay is None else []
-        chosen += [] if "batch_size" in values else [f"batch {batch_size}: chosen for {len(train_set)} images"]
+        if lrs:
+            notes.append(f"lr: chosen from {', '.join(f'{lr:g}' for lr in lrs)} on held-out training images "
+                         f"({len(lrs)} runs before this one); the schedules show lr {lrs[len(lrs) // 2]:g}")
+        if options.layer_decay is None:
+            notes.append(f"layer decay {run.layer_decay:g}")
+        train_cfg = dataclasses.replace(train_cfg, lr=train_cfg.lr or lrs[len(lrs) // 2])
+        cfg.validate_train(train_cfg)
+        method, source, decided = run.parts(train_set, train_cfg, saved=_decided(out) if resume else None)
+        run_config = run.config(train_cfg, decided)
         return dryrun.plan("finetune", train_cfg, run_config, len(source), out, method, refusal=refusal,
-                           saved=dryrun.saved_metadata(out) if resume else None, notes=tuple(chosen))
-    val_loader = make_loader(val_set, 256, workers, device)
-    score = _classification_scores(method, val_loader, val_labels)
-    fit = Trainer(method, source, train_cfg, out, run_config, Evaluation(score, best="val_top1")).fit(resume=resume)
+                           saved=dryrun.saved_metadata(out) if resume else None, notes=tuple(notes))
+    choice = _choose_finetune_lr(run, train_set, train_cfg, lrs, seed) if lrs else None
+    if choice is not None:
+        train_cfg = dataclasses.replace(train_cfg, lr=choice.lr)
+    cfg.validate_train(train_cfg)
+    saved = _decided(out) if resume else None
+    method, source, decided = run.parts(train_set, train_cfg, saved=saved, fresh=choice is not None)
+    chosen = {"recipe": recipe, "recipe_reason": why}
+    if choice is not None:
+        chosen["lr_choice"] = choice.record()
+    decided = {**(saved or {}), **decided, **({} if resume else chosen)}
+    val_set = ImageFolder(options.val, eval_transform(run.img_size), labelled=True)
+    if "eval_every" not in values:  # scoring val costs at most about what training does
+        train_cfg = dataclasses.replace(train_cfg, eval_every=max(1, math.ceil(len(val_set) / (2 * len(train_set)))))
+        if train_cfg.eval_every > 1:
+            console.info(f"--val is scored every {train_cfg.eval_every} epochs and after the last "
+                         f"({len(val_set)} val images against {len(train_set)} to train on; --eval-every 1: each)")
+    val_loader = make_loader(val_set, 256, run.workers(train_cfg), run.device(train_cfg))
+    score = _classification_scores(method, val_loader, val_set.labels_in(train_set))
+    fit = Trainer(method, source, train_cfg, out, run.config(train_cfg, decided),
+                  Evaluation(score, every=train_cfg.eval_every, best="val_top1")).fit(resume=resume)
     return {
-        "model": options.model, "description": loaded.description, "out": str(out), "img_size": img_size,
+        "model": options.model, "description": run.loaded.description, "out": str(out), "img_size": run.img_size,
         "fraction": options.fraction, "num_train": len(train_set), "num_val": len(val_set),
-        "num_classes": len(train_set.classes), "epochs": train_cfg.epochs, "batch_size": batch_size,
-        "lr": train_cfg.lr, "layer_decay": layer_decay, **_val_history(out, fit["best"]),
+        "num_classes": len(train_set.classes), "recipe": decided.get("recipe", recipe),
+        "recipe_reason": decided.get("recipe_reason", why), "epochs": train_cfg.epochs, "batch_size": batch_size,
+        "lr": train_cfg.lr, "lr_choice": decided.get("lr_choice"), "layer_decay": run.layer_decay,
+        **_val_history(out, fit["best"]),
     }
 
 
-def _finetune_train_config(values: dict, batch_size: int, blr: float) -> TrainConfig:
-    """MAE's fine-tuning schedule, with the settings given in ``values`` winning."""
-    train_cfg = cfg.build(TrainConfig, {
-        "epochs": 100, "weight_decay": 0.05, "min_lr": 1e-6, "optimizer": "adamw",
-        "clip_grad": 0.0, "clip_per_param": False,
-        **{k: values[k] for k in FINETUNE_TRAIN_FIELDS if k in values},
-        "batch_size": batch_size, "betas": (0.9, 0.999),
-    })
-    train_cfg.lr = train_cfg.lr or blr * batch_size / 256
-    if train_cfg.warmup_epochs is None:  # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
-        train_cfg.warmup_epochs = min(5.0, train_cfg.epochs / 10)
-    cfg.validate_train(train_cfg)
-    return train_cfg
+class _FinetuneRun:
+    """What every training run of one ``finetune`` call shares: the options and a fresh copy of the model each."""
+
+    def __init__(self, options, seed: int):
+        from sslkit.methods.finetune import default_layer_decay
+
+        self.options, self.seed = options, seed
+        self.loaded = self._load()
+        self.img_size = self.loaded.img_size
+        self.layer_decay = options.layer_decay or default_layer_decay(self.loaded.module)
+        if self.layer_decay != 1 and not is_vit(self.loaded.module):
+            raise UsageError("--layer-decay needs a vision transformer (layer ids are its blocks); use 1 for conv nets")
+
+    def _load(self):
+        """The model as the run starts from it; a timm: baseline's random weights are the same every time."""
+        options = self.options
+        _seed_everything(self.seed)
+        loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
+                               drop_path_rate=options.drop_path, allow_partial=options.allow_partial)
+        if not has_weights(loaded.module):
+            raise UsageError(f"{options.model} has no weights to fine-tune")
+        if options.pool != "default":
+            if not is_vit(loaded.module):
+                raise UsageError("--pool token / avg choose a ViT's pooling; conv nets average-pool")
+            loaded.module.reset_classifier(0, global_pool=options.pool)
+        return loaded
+
+    def parts(self, train_set: ImageFolder, train_cfg: TrainConfig, saved: dict | None = None, fresh: bool = False):
+        """The method (the model with a new head), its training data and the data path's record."""
+        from sslkit.data.views import finetune_view
+        from sslkit.methods.finetune import Finetune
+
+        loaded = self._load() if fresh else self.loaded
+        backbone = loaded.module.train().requires_grad_(True)
+        method = Finetune(backbone, len(train_set.classes), self.options, self.layer_decay, loaded.arch,
+                          self.img_size, train_set.classes)
+        view = _finetune_view(finetune_view, self.img_size, self.options.randaug)
+        source, decided = training_data(train_set, (crop_flip(self.img_size),), view, train_cfg,
+                                        self.device(train_cfg), self.cpu_only, saved=saved)
+        return method, source, decided
+
+    @property
+    def cpu_only(self) -> str | None:
+        """Why the views need the loader (RandAugment), or None."""
+        return None if self.options.randaug.lower() == "none" else "RandAugment runs on the CPU only (--randaug none: off)"
+
+    def config(self, train_cfg: TrainConfig, decided: dict) -> dict:
+        return {"method": "finetune", "finetune": dataclasses.asdict(self.options),
+                "train": dataclasses.asdict(train_cfg), "decided": decided}
+
+    @staticmethod
+    def device(train_cfg: TrainConfig) -> torch.device:
+        return resolve_device(train_cfg.device)
+
+    @staticmethod
+    def workers(train_cfg: TrainConfig) -> int:
+        return default_workers() if train_cfg.workers is None else train_cfg.workers
+
+
+def _choose_finetune_lr(run: _FinetuneRun, train_set: ImageFolder, train_cfg: TrainConfig, lrs: tuple[float, ...],
+                        seed: int):
+    """Fine-tune once per lr of ``lrs`` on most of ``train_set`` and score each on the held-out rest."""
+    from sslkit.data.folders import held_out_folds
+    from sslkit.evaluate.lr_choice import FOLDS, LrChoice
+
+    fit_indices, held_indices = held_out_folds(train_set.labels, FOLDS, seed)[0]
+    if not held_indices:
+        lr = lrs[len(lrs) // 2]
+        console.warn(f"no class has two labelled images, so none can be held out to choose the lr: lr {lr:g}, the "
+                     f"middle of the grid (give --lr to set it)")
+        return LrChoice((lr,), (0.0,), (0.0,), len(train_set), 0, 0)
+    _fits_the_slice(train_cfg.batch_size, len(fit_indices), len(train_set))
+    fit_set, held_set = train_set.subset(fit_indices), train_set.subset(held_indices)
+    held_set.transform = eval_transform(run.img_size)
+    held_loader = make_loader(held_set, 256, run.workers(train_cfg), run.device(train_cfg))
+    held_labels = torch.tensor(held_set.labels)
+    sweep_cfg = dataclasses.replace(train_cfg, save_every=train_cfg.epochs, keep=1, force=False, logger="jsonl")
+    scores = []
+    for number, lr in enumerate(lrs, 1):
+        console.info(f"choosing the lr, run {number} of {len(lrs)}: lr {lr:g} on {len(fit_set)} training images, "
+                     f"scored on {len(held_set)} held out")
+        trial = dataclasses.replace(sweep_cfg, lr=lr)
+        method, source, decided = run.parts(fit_set, trial, fresh=True)
+        score = _classification_scores(method, held_loader, held_labels)
+        held_out = []
+
+        def score_held_out() -> dict[str, float]:
+            held_out.append(score())
+            return held_out[-1]
+
+        with tempfile.TemporaryDirectory(prefix="sslkit-lr-") as tmp:
+            Trainer(method, source, trial, Path(tmp), run.config(trial, decided),
+                    Evaluation(score_held_out, every=trial.epochs)).fit()
+        scores.append((held_out[-1]["val_top1"], held_out[-1]["val_loss"]))
+    choice = LrChoice(tuple(lrs), tuple(s[0] for s in scores), tuple(s[1] for s in scores), len(fit_set),
+                      len(held_set), 1)
+    console.info(choice.describe())
+    if choice.at_an_edge():
+        console.warn(choice.at_an_edge())
+    return choice
 
 
 def _val_history(out: Path, best: dict) -> dict:
@@ -486,8 +655,13 @@ class FrozenFeatures:
                                           f"{self.loaded.img_size}|seed{options.seed}{partial}")
 
     def labelled_sets(self) -> tuple[ImageFolder, ImageFolder, torch.Tensor]:
-        """The train and val folders (evaluation transform) and val's labels as train class indices."""
+        """The train folder (the --fraction of it), val (evaluation transform) and val's labels as train class
+        indices."""
+        from sslkit.data.folders import balanced_subset
+
         train_set = ImageFolder(self.options.train, self.transform, labelled=True)
+        if self.options.fraction < 1:  # the images finetune --fraction with the same --seed trains on
+            train_set.keep(balanced_subset(train_set.labels, self.options.fraction, self.options.seed))
         val_set = ImageFolder(self.options.val, self.transform, labelled=True)
         return train_set, val_set, val_set.labels_in(train_set)
 
@@ -503,6 +677,7 @@ class FrozenFeatures:
             "features": self.recipe.describe(),
             "img_size": self.loaded.img_size,
             "num_train": len(train_set),
+            "fraction": self.options.fraction,
             "num_val": len(val_set),
             "num_classes": len(train_set.classes),
         }

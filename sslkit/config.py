@@ -35,6 +35,7 @@ class TrainConfig:
     weight_decay_end: float | None = None  # None: constant weight decay
     optimizer: str | None = None
     momentum: float = 0.9  # SGD and LARS
+    nesterov: bool = False  # SGD: Nesterov momentum (the semi-supervised fine-tuning recipe)
     betas: tuple[float, float] | None = None  # AdamW; None: the method's ((0.9, 0.999), MAE (0.9, 0.95))
     clip_grad: float | None = None  # gradient-norm clipping; 0 disables; None: the method's
     clip_per_param: bool | None = None  # clip each parameter's gradient norm separately (DINO), not the global one
@@ -169,6 +170,7 @@ class FrozenConfig:
     gem_p: float = 4.0  # power of --pool gem
     cache_dir: str | None = None  # None: $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features
     cache: bool = True
+    fraction: float = 1.0  # class-balanced share of --train (drawn as finetune --fraction draws it, by --seed)
 
 
 @dataclass
@@ -254,6 +256,7 @@ class FinetuneConfig:
     val: str
     out: str
     fraction: float = 1.0  # class-balanced share of --train's labelled images (BYOL's 1% / 10% tables)
+    recipe: str = "auto"  # semi-supervised | mae | auto (by the number of labelled images: methods/finetune.py)
     blr: float = 5e-4  # lr = blr x batch / 256 unless --lr is given
     layer_decay: float | None = None  # None: 0.65 for ViTs (0.75 from 24 blocks), 1 (off) for conv nets
     drop_path: float = 0.1
@@ -473,8 +476,14 @@ def validate_frozen(options: FrozenConfig) -> None:
     _positive("workers", options.workers, allow_zero=True)
 
 
+def check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise UsageError(f"--fraction must lie in (0, 1], not {fraction}")
+
+
 def validate_knn(options: KNNConfig) -> None:
     validate_frozen(options)
+    check_fraction(options.fraction)
     for k in options.k:
         _positive("k", k)
     _positive("temperature", options.temperature)
@@ -512,6 +521,7 @@ def check_data_path(settings) -> None:
 
 def validate_linear(options: LinearConfig) -> None:
     validate_frozen(options)
+    check_fraction(options.fraction)
     check_data_path(options)
     choice("recipe", options.recipe, LINEAR_RECIPES)
     for name in ("epochs", "save_every"):
@@ -525,8 +535,8 @@ def validate_finetune(options: FinetuneConfig) -> None:
     check_img_size("img_size", options.img_size)
     choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
     choice("pool", options.pool, ("default", "token", "avg"))
-    if not 0 < options.fraction <= 1:
-        raise UsageError(f"--fraction must lie in (0, 1], not {options.fraction}")
+    choice("recipe", options.recipe, ("auto", "semi-supervised", "mae"))
+    check_fraction(options.fraction)
     for name in ("blr", "layer_decay"):
         _positive(name, getattr(options, name))
     for name in ("drop_path", "smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob"):

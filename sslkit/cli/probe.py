@@ -20,7 +20,8 @@ BatchSize = Annotated[Optional[int], typer.Option(help="Images per forward pass 
 Labelled = "Labelled folder: one sub-folder per class."
 FEATURES = "Features"
 CheckpointKey = Annotated[Optional[str], typer.Option(help="teacher (the EMA network, default) or student (the online one).")]
-Seed = Annotated[Optional[int], typer.Option(help="Seed of the weights of a timm: random-init baseline (default 0).")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of the weights of a timm: random-init baseline and of the --fraction drawn (default 0).")]
+Fraction = Annotated[Optional[float], typer.Option(help="Share of each class of --train to use, e.g. 0.01 or 0.1 (default 1): the same images finetune --fraction with the same --seed trains on.")]
 Arch = Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViTs).")]
 Pool = Annotated[Optional[str], typer.Option(help="default (CLS token for ViTs, average pool for conv nets), token, avg (mean patch token) or gem (CLS + GeM p=4 of the patch tokens, copy detection's descriptor).", rich_help_panel=FEATURES)]
 NLastBlocks = Annotated[Optional[int], typer.Option(help="ViTs: concatenate the CLS tokens of the last N blocks (DINO's eval_linear).", rich_help_panel=FEATURES)]
@@ -44,6 +45,7 @@ CACHE_NOTE = (
     epilog=examples(
         "sslkit probe knn runs/byol --train data/train --val data/val",
         "sslkit probe knn timm:resnet18 --train data/train --val data/val --img-size 64 --k 10 --k 20 --json knn.json",
+        "sslkit probe knn runs/byol --train data/train --val data/val --fraction 0.1  # the memory finetune --fraction 0.1 has",
     )
 )
 def knn(
@@ -54,6 +56,7 @@ def knn(
     temperature: Annotated[Optional[float], typer.Option(help="T in the vote weight exp(cos / T) (default 0.07).")] = None,
     checkpoint_key: CheckpointKey = None,
     seed: Seed = None,
+    fraction: Fraction = None,
     arch: Arch = None,
     allow_partial: AllowPartial = False,
     img_size: ImgSize = None,
@@ -74,7 +77,8 @@ def knn(
         from sslkit import api  # imports torch: only once a command runs
 
         results = api.probe_knn(
-            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed, arch=arch,
+            model, train, val, k=k, temperature=temperature, checkpoint_key=checkpoint_key, seed=seed,
+            fraction=fraction, arch=arch,
             allow_partial=allow_partial, img_size=img_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
@@ -105,10 +109,13 @@ def _show(results: dict) -> None:
         "--recipe dino (default; DINO's eval_linear): SGD momentum 0.9, no weight decay, lr 1e-3 x batch/256, "
         "cosine to 0, 100 epochs; ViT features are the CLS tokens of the last 4 blocks. --recipe mae (MAE's "
         "linprobe): BatchNorm without affine before the head, LARS, lr 0.1 x batch/256, 10 of 90 epochs warm-up.\n\n"
-        "Repeat --lr to train one head per learning rate in the same pass (the features are computed once); the "
-        "results list every head, and the headline is the head with the best accuracy at the last epoch (chosen "
-        "on --val, so slightly optimistic: keep a third split for a final number). Without --augment the heads "
-        "train on cached centre-crop features (fast); with it, on fresh random crops every epoch as the papers do.\n\n"
+        "The lr is chosen, not guessed: one head per lr of a grid (dino: 1e-4 to 30, mae: 0.01 to 30, x batch/256; "
+        "or the --lr values given) trains on 80 % of each class of --train and is scored on the other 20 %; then "
+        "every head trains on all of --train in one pass and the headline is the head chosen on the held-out "
+        "slice, so --val chooses nothing and a pretrained model and its timm: baseline get the same procedure. "
+        "One --lr fixes it. The results list every head; their best val epoch is optimistic. Without --augment "
+        "the heads train on cached centre-crop features (fast); with it, on fresh random crops every epoch as "
+        "the papers do.\n\n"
         + CACHE_NOTE
     ),
     epilog=examples(
@@ -123,17 +130,18 @@ def linear(
     val: Annotated[Path, typer.Option(help=f"{Labelled} Scored after every epoch.")],
     recipe: Annotated[Optional[str], typer.Option(help="dino (SGD, default) or mae (BatchNorm + LARS).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training set (default 100).")] = None,
-    lr: Annotated[Optional[list[float]], typer.Option("--lr", help="Peak learning rate of a head; repeat for one head each (default: the recipe's base lr x batch/256).")] = None,
+    lr: Annotated[Optional[list[float]], typer.Option("--lr", help="Peak learning rate of a head; repeat for one head each, chosen on held-out training labels (default: the recipe's grid x batch/256); one fixes it.")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Train on random resized crops + flips of the images, recomputing features (slower, no cache).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory for checkpoints (best and last), metrics.jsonl and curves.png (default: none kept).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out (the earlier run's checkpoints, metrics and config are deleted).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute no feature and train nothing: print the resolved settings (the recipe's lr for the batch, warm-up, steps per epoch over --train) with each schedule's start, peak and end; with a new or empty --out also draw OUT/schedules.png (without --out no picture is drawn).")] = False,
     checkpoint_key: CheckpointKey = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, the data order and a timm: baseline's weights (default 0).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, the data order, the held-out slice, the --fraction and a timm: baseline's weights (default 0).")] = None,
+    fraction: Fraction = None,
     arch: Arch = None,
     allow_partial: AllowPartial = False,
     img_size: ImgSize = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step and per forward pass (default 256).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step and per forward pass (default 256; small labelled sets step with a smaller batch, about 10 steps per epoch).")] = None,
     pool: Pool = None,
     n_last_blocks: Annotated[Optional[int], typer.Option(help="ViTs: concatenate the CLS tokens of the last N blocks (default 4 with --recipe dino, 1 with mae).", rich_help_panel=FEATURES)] = None,
     avgpool_patchtokens: AvgpoolPatchtokens = None,
@@ -157,7 +165,8 @@ def linear(
         results = api.probe_linear(
             model, train, val, dry_run=dry_run, recipe=recipe, epochs=epochs, lr=lr, augment=augment,
             out=str(out) if out else None,
-            checkpoint_key=checkpoint_key, seed=seed, arch=arch, allow_partial=allow_partial, img_size=img_size,
+            checkpoint_key=checkpoint_key, seed=seed, fraction=fraction, arch=arch, allow_partial=allow_partial,
+            img_size=img_size,
             batch_size=batch_size, pool=pool,
             n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens,
             cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
@@ -189,4 +198,10 @@ def _show_linear(results: dict) -> None:
                       f"{head['best']['top1']:.2f}", str(head["best"]["epoch"]))
     console.stdout.print(table)
     if len(results["heads"]) > 1:
-        console.stdout.print(f"* the head reported: top-1 {results['top1']:.2f} %, top-5 {results['top5']:.2f} %")
+        choice = results.get("lr_choice")
+        how = "the head best on --val"
+        if choice:
+            how = (f"lr chosen by {choice['folds']}-fold cross-validation on {choice['num_held_out']} training images"
+                   if choice["folds"] > 1 else f"lr chosen on {choice['num_held_out']} held-out training images")
+        console.stdout.print(f"* the head reported ({how}): top-1 {results['top1']:.2f} %, "
+                             f"top-5 {results['top5']:.2f} %", soft_wrap=True, markup=False)

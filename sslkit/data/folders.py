@@ -7,6 +7,7 @@ later while decoding is replaced by the next image so that a long run never dies
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import stat
@@ -81,6 +82,12 @@ class ImageFolder(Dataset):
         """Restrict the data set to the items at ``indices`` (e.g. a labelled fraction)."""
         self.files = [self.files[i] for i in indices]
         self.labels = [self.labels[i] for i in indices]
+
+    def subset(self, indices: list[int]) -> "ImageFolder":
+        """A copy holding only the items at ``indices``; this folder is unchanged."""
+        part = copy.copy(self)
+        part.keep(indices)
+        return part
 
     def _load(self, index: int) -> Image.Image:
         for offset in range(len(self.files)):
@@ -159,6 +166,24 @@ def balanced_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
         order = torch.randperm(len(items), generator=generator)[:count]
         chosen += [items[i] for i in order.tolist()]
     return sorted(chosen)
+
+
+def held_out_folds(labels: list[int], folds: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """A seeded, class-balanced split into ``folds`` (fit, held out) pairs for cross-validation: each class's
+    items are shuffled and dealt to the folds in turn, so every item is held out exactly once and each fold holds
+    out about 1 / ``folds`` of every class; a class with a single item is never held out. Lists in data set order."""
+    generator = torch.Generator().manual_seed(seed + 7919)  # not the draw balanced_subset made with the same seed
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    fold_of = [-1] * len(labels)
+    for label in sorted(by_class):
+        items = by_class[label]
+        if len(items) > 1:
+            for position, i in enumerate(torch.randperm(len(items), generator=generator).tolist()):
+                fold_of[items[i]] = position % folds
+    return [([i for i, f in enumerate(fold_of) if f != fold], [i for i, f in enumerate(fold_of) if f == fold])
+            for fold in range(folds)]
 
 
 def _scan(root: Path, labelled: bool) -> tuple[list[Path], list[int], list[str]]:

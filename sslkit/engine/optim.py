@@ -70,14 +70,15 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    name: str, groups: list[dict], lr: float, momentum: float, betas: tuple[float, float], device: torch.device
+    name: str, groups: list[dict], lr: float, momentum: float, betas: tuple[float, float], device: torch.device,
+    nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     if name == "adamw":
         # the fused kernel updates every parameter in one launch on CUDA, and in one pass on the CPU (2.5x faster
         # than the foreach path there: 11 against 29 ms per MAE ViT-Tiny step)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=0.0, fused=device.type in ("cuda", "cpu"))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=0.0)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=0.0, nesterov=nesterov)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=0.0)
     raise ValueError(f"unknown optimizer {name}")

@@ -101,7 +101,7 @@ class Trainer:
         else:
             self.loader = make_loader(dataset, micro_batch, self.workers, self.device, sampler=self.sampler)
         self.optimizer = build_optimizer(
-            cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device
+            cfg.optimizer, method.param_groups(), cfg.lr, cfg.momentum, cfg.betas, self.device, cfg.nesterov
         )
         self.compiled = cfg.compile
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step

@@ -36,6 +36,19 @@ RECIPES = {
     "mae": Recipe(base_lr=0.1, optimizer="lars", warmup_epochs=10, epochs=90, batch_norm=True),
 }
 
+# The lrs tried without --lr (x batch / 256), one head each, chosen on held-out training labels
+# (sslkit.evaluate.lr_choice). DINOv2's eval grid runs 1e-5 to 0.1; the features of a random-init ResNet-18 at
+# 64 px want 1-3 with SGD (docs/probe.md), so the dino grid reaches 30. The mae recipe's BatchNorm puts every
+# model's features on one scale (1-10 there); its grid spans 0.01 to 30.
+LR_GRIDS = {
+    "dino": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+    "mae": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+}
+
+
+def lr_grid(recipe: str, batch_size: int) -> list[float]:
+    return [lr * batch_size / 256 for lr in LR_GRIDS[recipe]]
+
 
 class LinearProbe(nn.Module):
     """Linear heads on features; ``extractor`` (a frozen FeatureExtractor) when the batches hold images."""

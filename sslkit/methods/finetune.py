@@ -1,4 +1,12 @@
-"""Supervised fine-tuning of a (pretrained) backbone with a linear head: MAE's main_finetune.py recipe.
+"""Supervised fine-tuning of a (pretrained) backbone with a linear head, by one of two recipes.
+
+``semi-supervised`` (BYOL appendix C.1, after SimCLR appendix B.5): for few labels. SGD with Nesterov momentum
+0.9, no weight decay or other regularisation, random resized crops and flips only, cosine to 0 without
+warm-up, 60 epochs for sets the size of ImageNet's 1 % (about 13 images per class) and 30 for its 10 % (SimCLR),
+and the lr chosen from BYOL's grid {0.005, 0.01, 0.02, 0.05, 0.1} on labelled images held out of the training
+set (see sslkit.evaluate.lr_choice).
+
+``mae`` (MAE's main_finetune.py): for large labelled sets, as below.
 
 Layer-wise lr decay (MAE util/lr_decay.py, after BEiT): layer id 0 holds the patch embedding, CLS token and
 position embedding, block i has id i + 1, and everything after the blocks (final norm, head) has id
@@ -19,9 +27,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.config import FinetuneConfig
+from sslkit import config as cfg
+from sslkit.config import FinetuneConfig, TrainConfig
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.models.backbones import Normalize, feature_dim, is_vit, patch_size, prefers_channels_last
+
+SEMI_SUPERVISED, MAE = "semi-supervised", "mae"
+RECIPES = ("auto", SEMI_SUPERVISED, MAE)
+SEMI_SUPERVISED_UP_TO = 200_000  # labelled images: BYOL fine-tunes ImageNet's 10 % (128,116) so, MAE all 1.28 M
+SEMI_SUPERVISED_LRS = (0.005, 0.01, 0.02, 0.05, 0.1)  # BYOL's grid (appendix C.1)
+# "no regularization (including weight decay)" (SimCLR B.5); "random crops with resize ... and random flips" (BYOL)
+SEMI_SUPERVISED_OPTIONS = {"drop_path": 0.0, "smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "randaug": "none",
+                           "reprob": 0.0, "layer_decay": 1.0}
+SEMI_SUPERVISED_TRAIN = {"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "weight_decay": 0.0,
+                         "warmup_epochs": 0.0, "min_lr": 0.0}
+MAE_TRAIN = {"epochs": 100, "optimizer": "adamw", "weight_decay": 0.05, "min_lr": 1e-6, "betas": (0.9, 0.999)}
+FEW_PER_CLASS = 20  # under this many labelled images per class: SimCLR's 1 % schedule (60 epochs), else its 10 % (30)
+
+
+def choose_recipe(requested: str, num_images: int) -> tuple[str, str]:
+    """The recipe ``--recipe`` names, or for ``auto`` the one that fits ``num_images`` labelled images; and why."""
+    if requested != "auto":
+        return requested, "as --recipe asks"
+    if num_images <= SEMI_SUPERVISED_UP_TO:
+        return SEMI_SUPERVISED, f"{num_images:,} labelled images (auto: up to {SEMI_SUPERVISED_UP_TO:,})"
+    return MAE, f"{num_images:,} labelled images (auto: over {SEMI_SUPERVISED_UP_TO:,})"
+
+
+def recipe_options(recipe: str) -> dict:
+    """The FinetuneConfig values ``recipe`` sets (FinetuneConfig's own defaults are MAE's)."""
+    return dict(SEMI_SUPERVISED_OPTIONS) if recipe == SEMI_SUPERVISED else {}
+
+
+def train_settings(recipe: str, given: dict, batch_size: int, blr: float | None, num_images: int,
+                   num_classes: int) -> TrainConfig:
+    """The engine settings of a fine-tuning run by ``recipe``; the TrainConfig fields in ``given`` win. Without
+    --lr the lr is ``blr`` x batch / 256, or None (to be chosen on held-out labels) when ``blr`` is None."""
+    if recipe == SEMI_SUPERVISED:
+        epochs = 60 if num_images < FEW_PER_CLASS * num_classes else 30
+        preset = {**SEMI_SUPERVISED_TRAIN, "epochs": epochs}
+    else:
+        preset = dict(MAE_TRAIN)
+    values = {"clip_grad": 0.0, "clip_per_param": False, **preset, **given, "batch_size": batch_size}
+    train = cfg.build(TrainConfig, values)
+    if train.lr is None and blr is not None:
+        train.lr = blr * batch_size / 256
+    if train.warmup_epochs is None:  # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
+        train.warmup_epochs = min(5.0, train.epochs / 10)
+    return train
+
 
 STEM = ("cls_token", "pos_embed", "patch_embed", "reg_token", "norm_pre")
 

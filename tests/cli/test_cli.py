@@ -194,7 +194,10 @@ def test_finetune_and_probe_linear_usage_errors_exit_2_with_one_line(tmp_path):
     train = make_folder(tmp_path / "train", classes=2, per_class=4)
     common = ["--train", str(train), "--val", str(train), "--img-size", "32", "--workers", "0"]
     for args in (["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "a"), "--fraction", "1.5"],
-                 ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "b"), "--batch-size", "3"],
+                 ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "b"), "--batch-size", "3",
+                  "--recipe", "mae"],
+                 ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "c"), "--recipe", "simclr"],
+                 ["probe", "knn", "timm:test_resnet", *common, "--fraction", "0"],
                  ["probe", "linear", "timm:test_resnet", *common, "--recipe", "byol"],
                  ["probe", "linear", "timm:test_resnet", *common, "--pool", "token"]):
         result = sslkit(*args)

@@ -75,7 +75,8 @@ def test_probe_linear_dry_run_shows_the_recipes_lr_and_draws_only_with_out(sslki
              "--batch-size", "8", "--epochs", "2", *CPU, "--dry-run"]
     result = sslkit_cli.run(*probe)
     assert_plan_shown(result)
-    assert "lr 3.125e-05 = the dino recipe's 0.001 x batch 8 / 256" in result.stdout
+    assert "lrs: the dino recipe's grid x batch 8 / 256" in result.stdout and "12 heads, peak lr 3.125e-06" in result.stdout
+    assert "5-fold cross-validation" in result.stdout
     assert "schedules.png not written: no --out was given; the table above is the plan" in result.stdout
     result = sslkit_cli.run(*probe, "--out", tmp_path / "probe")
     assert_plan_shown(result)
@@ -85,7 +86,7 @@ def test_probe_linear_dry_run_shows_the_recipes_lr_and_draws_only_with_out(sslki
 def test_finetune_dry_run_shows_the_automatic_batch_and_json_gets_the_plan(sslkit_cli, data, tmp_path):
     run, plan = tmp_path / "ft", tmp_path / "plan.json"
     result = sslkit_cli.run("finetune", "timm:test_resnet", "--train", data, "--val", data, "--out", run,
-                            "--img-size", "32", "--epochs", "2", *CPU, "--dry-run", "--json", plan)
+                            "--img-size", "32", "--epochs", "2", "--recipe", "mae", *CPU, "--dry-run", "--json", plan)
     assert_plan_shown(result)
     assert "24 images, 3 steps per epoch x 2 epochs = 6 steps, batch 8" in result.stdout
     assert "batch 8: chosen for 24 images" in result.stdout and "layer decay 1" in result.stdout
@@ -94,3 +95,17 @@ def test_finetune_dry_run_shows_the_automatic_batch_and_json_gets_the_plan(sslki
     written = json.loads(plan.read_text())
     assert written["dry_run"] and written["schedules"]["step"] == [1, 2, 3, 4, 5, 6]
     assert written["settings"]["train"]["lr"] == 5e-4 * 8 / 256  # blr x the automatic batch / 256
+
+
+def test_finetune_dry_run_on_few_labels_shows_the_semi_supervised_recipe_and_the_lr_grid(sslkit_cli, data, tmp_path):
+    run, plan = tmp_path / "ft", tmp_path / "plan.json"
+    result = sslkit_cli.run("finetune", "timm:test_resnet", "--train", data, "--val", data, "--out", run,
+                            "--img-size", "32", *CPU, "--dry-run", "--json", plan)
+    assert_plan_shown(result)
+    assert "semi-supervised recipe: 24 labelled images" in result.stdout
+    assert "lr: chosen from 0.005, 0.01, 0.02, 0.05, 0.1 on held-out training images" in result.stdout
+    settings = json.loads(plan.read_text())["settings"]
+    assert settings["train"]["optimizer"] == "sgd" and settings["train"]["nesterov"] is True
+    assert settings["train"]["epochs"] == 60 and settings["train"]["lr"] == 0.02  # 8 per class: SimCLR's 1 % length
+    assert settings["finetune"]["recipe"] == "semi-supervised" and settings["finetune"]["randaug"] == "none"
+    assert os.listdir(run) == [PLAN_NAME]

@@ -50,7 +50,7 @@ PRETRAIN = ("pretrain", "byol", "{root}/labelled", "--out", "{out}", *PRETRAIN_O
     ((*PRETRAIN, "--store-size", "8"), ["--store-size must lie in 16..8192 pixels, not 8"]),
     ((*PRETRAIN, "--data-path", "store", "--store-on", "pinned"), ["--store-on pinned", "use ram or auto"]),
     (("finetune", "timm:test_vit", "--train", "{root}/labelled", "--val", "{root}/labelled", "--out", "{out}",
-      *FINETUNE_OPTIONS, "--data-path", "store"), ["--data-path store: RandAugment", "--data-path loader"]),
+      *FINETUNE_OPTIONS, "--recipe", "mae", "--data-path", "store"), ["--data-path store: RandAugment", "--data-path loader"]),
     ((*PRETRAIN, "--batch-size", "4", "--accum-steps", "4"), ["BatchNorm needs at least 2 images per pass"]),
     ((*PRETRAIN, "--config", "{root}/ten.toml"), ["epochs = 'ten' in", "ten.toml is not an integer"]),
     ((*PRETRAIN, "--config", "{root}/latin1.toml"), ["latin1.toml is not UTF-8 text"]),

@@ -108,7 +108,7 @@ def test_randaugment_needs_the_loader(tmp_path):
     data = make_folder(tmp_path / "data", per_class=6)
     with pytest.raises(UsageError, match="RandAugment"):
         sslkit.finetune("timm:test_resnet", data, data, tmp_path / "ft", img_size=32, epochs=1, batch_size=4,
-                        workers=0, device="cpu", precision="fp32", data_path="store")
+                        workers=0, device="cpu", precision="fp32", data_path="store", recipe="mae")
 
 
 def test_fine_tuning_and_the_augmented_linear_probe_run_on_the_store(tmp_path):

@@ -92,7 +92,9 @@ def test_probe_linear_reports_every_head_keeps_the_best_checkpoint_and_reuses_ca
     result = sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, out=str(tmp_path / "run"), **settings)
     assert [h["lr"] for h in result["heads"]] == [0.01, 1.0]
     assert all(len(h["top1_per_epoch"]) == len(h["top5_per_epoch"]) == 3 for h in result["heads"])
-    chosen = max(result["heads"], key=lambda h: h["last"]["top1"])
+    choice = result["lr_choice"]  # 5-fold cross-validation on train: 2 of each class's 10 images held out per fold
+    assert choice["lrs"] == [0.01, 1.0] and (choice["num_fit"], choice["num_held_out"], choice["folds"]) == (24, 30, 5)
+    chosen = next(h for h in result["heads"] if h["lr"] == choice["lr"])
     assert result["lr"] == chosen["lr"] and result["top1"] == chosen["last"]["top1"]
     assert result["best_top1"] == max(max(h["top1_per_epoch"]) for h in result["heads"])
     run = tmp_path / "run"
@@ -118,3 +120,34 @@ def test_probe_linear_refuses_an_existing_run_and_feature_options_a_conv_net_lac
         sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, n_last_blocks=4, **settings)
     with pytest.raises(UsageError, match="--recipe must be one of dino, mae"):
         sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, recipe="simclr", **settings)
+
+
+def test_probe_linear_sweeps_the_recipes_grid_and_chooses_on_held_out_training_labels(labelled, tmp_path):
+    from sslkit.evaluate.linear import LR_GRIDS, lr_grid
+
+    train_dir, val_dir = labelled
+    other_val = make_folder(tmp_path / "other_val", classes=3, per_class=4, seed=7)
+    settings = dict(img_size=32, epochs=3, batch_size=8, device="cpu", workers=0, precision="fp32")
+    result = sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, **settings)
+    assert lr_grid("dino", 512) == [2 * lr for lr in LR_GRIDS["dino"]]
+    grid = lr_grid("dino", 8)
+    assert [h["lr"] for h in result["heads"]] == grid and result["lr_choice"]["lrs"] == grid
+    choice = result["lr_choice"]
+    scores = list(zip(choice["held_out_top1"], [-loss for loss in choice["held_out_loss"]]))
+    assert result["lr"] == choice["lr"] == grid[scores.index(max(scores))]  # best top-1, then lowest loss
+    # the choice never sees --val: another val folder, the same choice
+    again = sslkit.probe_linear("timm:test_resnet", train_dir, other_val, **settings)
+    assert again["lr_choice"] == result["lr_choice"]
+    fixed = sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, lr=[0.05], **settings)
+    assert fixed["lr"] == 0.05 and fixed["lr_choice"] is None and len(fixed["heads"]) == 1
+
+
+def test_the_lr_choice_takes_the_best_held_out_top1_and_breaks_a_tie_by_the_lower_loss():
+    from sslkit.evaluate.lr_choice import LrChoice
+
+    assert LrChoice((0.01, 0.1, 1.0), (50.0, 60.0, 60.0), (1.2, 1.1, 0.9), 8, 2, 1).lr == 1.0
+    assert LrChoice((0.01, 0.1), (70.0, 60.0), (2.0, 0.5), 8, 2, 1).lr == 0.01
+    assert LrChoice((0.01, 0.1), (60.0, 60.0), (0.7, 0.7), 8, 2, 1).lr == 0.01  # a full tie: the smaller lr
+    assert "the grid's largest" in LrChoice((0.01, 0.1, 1.0), (50.0, 60.0, 60.0), (1.2, 1.1, 0.9), 8, 2, 1).at_an_edge()
+    assert "the grid's smallest" in LrChoice((0.01, 0.1), (70.0, 60.0), (2.0, 0.5), 8, 2, 1).at_an_edge()
+    assert LrChoice((0.01, 0.1, 1.0), (50.0, 70.0, 60.0), (1.2, 1.1, 0.9), 8, 2, 1).at_an_edge() is None
