@@ -22,6 +22,7 @@ from pathlib import Path
 
 import sslkit
 from sslkit.engine.checkpoint import load_backbone
+from sslkit.files import OutputFolder
 
 COLUMNS = (("knn", "pretrained"), ("linear", "random init"), ("linear", "pretrained"),
            ("finetune", "random init"), ("finetune", "pretrained"))
@@ -44,7 +45,10 @@ def main() -> None:
     loaded = load_backbone(args.run)
     baseline, size = f"timm:{loaded.arch}", loaded.img_size
     common = dict(seed=args.seed, workers=args.workers)
-    args.out.mkdir(parents=True, exist_ok=True)
+    # beside files of yours, never over them: results.json only if this script wrote it; the fine-tuning runs
+    # go to their own sub-folders, where --force sets aside only an earlier sslkit run
+    output = OutputFolder(args.out, "few_labels", force=True)
+    output.claim(["results.json"], [Path(args.train), Path(args.val)])
     rows = []
     for fraction in args.fractions:
         row = {"fraction": fraction}
@@ -66,14 +70,14 @@ def main() -> None:
             row["finetune recipe"], row["finetune epochs"] = tuned["recipe"], tuned["epochs"]
         row["seconds"] = round(time.perf_counter() - start)
         rows.append(row)
-        _write(rows, args)
+        _write(rows, args, output)
     print(_table(rows, args.run, baseline))
 
 
-def _write(rows: list[dict], args) -> None:
+def _write(rows: list[dict], args, output: OutputFolder) -> None:
     records = [{(" / ".join(k) if isinstance(k, tuple) else k): v for k, v in row.items()} for row in rows]
-    (args.out / "results.json").write_text(json.dumps({"run": args.run, "train": args.train, "val": args.val,
-                                                       "rows": records}, indent=2) + "\n")
+    text = json.dumps({"run": args.run, "train": args.train, "val": args.val, "rows": records}, indent=2) + "\n"
+    output.write("results.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _table(rows: list[dict], run: str, baseline: str) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from sslkit import config as cfg, console
 from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, PretrainConfig, TrainConfig
-from sslkit.data.datapath import training_data
+from sslkit.data.datapath import refuse_store, training_data
 from sslkit.data.folders import ImageFolder, decoded, images_under
 from sslkit.data.loader import default_workers, make_loader
 from sslkit.data.views import crop_flip, crop_flip_view, eval_transform
@@ -218,7 +218,10 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
         extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
     else:
         dataset, extractor = FeatureSet(*frozen.features(train_set, "train")), None
-    choice = _choose_linear_lr(frozen, options, train_set, train_cfg, lrs) if len(lrs) > 1 else None
+    choice = None
+    if len(lrs) > 1:  # the held-out folds are scored on centre-crop features, which the plain probe trains on
+        centre = (dataset.features, dataset.labels) if extractor is None else frozen.features(train_set, "train")
+        choice = _choose_linear_lr(frozen, options, train_set, train_cfg, lrs, centre)
     _seed_everything(options.seed)
     probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
         "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
@@ -262,9 +265,9 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
 
 
 def _choose_linear_lr(frozen: "FrozenFeatures", options: LinearConfig, train_set: ImageFolder,
-                      train_cfg: TrainConfig, lrs: list[float]):
-    """Cross-validate one head per lr over the folds of ``train_set`` (None: nothing can be held out, and the
-    head that ends best on val is reported)."""
+                      train_cfg: TrainConfig, lrs: list[float], centre: tuple[torch.Tensor, torch.Tensor]):
+    """Cross-validate one head per lr over the folds of ``train_set``, whose centre-crop features and labels are
+    ``centre`` (None: nothing can be held out, and the head that ends best on val is reported)."""
     from sslkit.data.folders import held_out_folds
     from sslkit.evaluate.linear import LinearProbe
     from sslkit.evaluate.lr_choice import FOLDS, LrChoice
@@ -275,7 +278,7 @@ def _choose_linear_lr(frozen: "FrozenFeatures", options: LinearConfig, train_set
                      "reported is the one best on --val (optimistic)")
         return None
     _fits_the_slice(train_cfg.batch_size, min(len(fit) for fit, _ in folds), len(train_set))
-    features, labels = frozen.features(train_set, "train")  # centre crops, cached: what the held-out are scored on
+    features, labels = centre
     trial = dataclasses.replace(train_cfg, save_every=train_cfg.epochs, force=False, logger="jsonl")
     correct, loss = torch.zeros(len(lrs)), torch.zeros(len(lrs))
     console.info(f"choosing the lr: {len(lrs)} heads, {len(folds)}-fold cross-validation on {len(train_set)} "
@@ -425,8 +428,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     if (options.mixup > 0 or options.cutmix > 0) and (batch_size // train_cfg.accum_steps) % 2:
         raise UsageError(f"mixup / cutmix pair each image with another: use an even --batch-size (not {batch_size})")
     run = _FinetuneRun(options, seed)
-    if train_cfg.data_path == "store" and run.cpu_only:  # refused before any run starts
-        raise UsageError(f"--data-path store: {run.cpu_only}; use --data-path loader")
+    refuse_store(train_cfg.data_path, run.cpu_only)  # before any run starts
     notes = [f"{recipe} recipe: {why}"] + ([] if "batch_size" in values else
                                            [f"batch {batch_size}: chosen for {len(train_set)} images"])
     console.info(f"fine-tuning {run.loaded.description} on {len(train_set)} of {labelled_total} labelled images "

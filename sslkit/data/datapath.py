@@ -42,6 +42,12 @@ class DataPath:
         return {"data_path": self.name, "data_path_reason": self.reason}
 
 
+def refuse_store(asked: str, cpu_only: str | None) -> None:
+    """--data-path store cannot serve views that need the CPU (``cpu_only`` says why)."""
+    if asked == "store" and cpu_only:
+        raise UsageError(f"--data-path store: {cpu_only}; use --data-path loader")
+
+
 def choose_data_path(asked: str, place: str, device: torch.device, nbytes, cpu_only: str | None = None,
                      saved: str | None = None) -> DataPath:
     """The path for a run: ``asked`` (auto | store | loader) with ``place`` (auto | device | pinned | ram) on
@@ -57,8 +63,7 @@ def choose_data_path(asked: str, place: str, device: torch.device, nbytes, cpu_o
     if asked == "loader":
         return DataPath("loader", because)
     if cpu_only:
-        if asked == "store":
-            raise UsageError(f"--data-path store: {cpu_only}; use --data-path loader")
+        refuse_store(asked, cpu_only)
         return DataPath("loader", cpu_only)
     size = nbytes()
     where, what = _fitting_place(place, device, size)
