@@ -10,20 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sslkit import config as cfg, console
-from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, PretrainConfig, TrainConfig
+from sslkit.config import ContinueConfig, KNNConfig, LinearConfig, TrainConfig
 from sslkit.data.datapath import refuse_store, training_data
 from sslkit.data.folders import ImageFolder, decoded, images_under
 from sslkit.data.loader import default_workers, make_loader
@@ -32,14 +29,16 @@ from sslkit.engine import dryrun, rundir
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import choose_precision, resolve_device
 from sslkit.engine.progress import read_records
+from sslkit.engine.rng import seed_everything
 from sslkit.engine.trainer import Evaluation, Trainer
-from sslkit.engine.warmstart import announce, read_weights, warm_start
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FeatureSet, cached_features, default_cache_dir, model_fingerprint
 from sslkit.evaluate.knn import knn_classify
 from sslkit.files import OutputFolder
 from sslkit.methods import METHODS
+from sslkit.methods.pretrain import run_pretraining
 from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, has_weights, is_vit, patch_size
+from sslkit.visualize.curves import curves_drawn
 
 
 def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Path | None = None,
@@ -59,101 +58,7 @@ def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Pa
     cfg.check_known(values, *classes, source=config)
     values.update({k: v for k, v in settings.items() if v is not None})
     cfg.check_known(values, *classes)
-    out, refusal = Path(out), None
-    if resume:
-        values = _resume_settings(out, values, method)
-    else:
-        inputs = [Path(data), *(Path(values[k]) for k in ("eval_train", "eval_val") if values.get(k))]
-        refusal = _check_new_run(out, values.get("force", False), tuple(inputs), dry_run)
-    start = cfg.build(ContinueConfig, values)
-    cfg.choice("checkpoint_key", start.checkpoint_key, ("teacher", "student"))
-    weights = None
-    if start.continue_from and not resume:  # a resumed run restores its own checkpoint instead
-        weights = read_weights(start.continue_from, start.checkpoint_key, values.get("arch"))
-        values.setdefault("arch", weights.arch)
-    dataset = ImageFolder(data)
-    train, options = spec.resolve(cfg.build(TrainConfig, values), cfg.build(spec.config, values), len(dataset))
-    cfg.validate_train(train)
-    _seed_everything(train.seed)
-    with torch.device("meta") if dry_run else nullcontext():  # a plan needs the model's views, not its weights
-        model = spec.build(options)
-    provenance = _continue(model, weights, start.allow_partial) if weights else {}
-    source, decided = training_data(dataset, model.train_views, model.train_transform, train,
-                                    resolve_device(train.device), saved=_decided(out) if resume else None)
-    run_config = {**PretrainConfig(method, str(data), str(out), train, options, start).to_dict(), "decided": decided}
-    if dry_run:
-        return dryrun.plan(f"pretrain {method}", train, run_config, len(source), out, model,
-                           saved=dryrun.saved_metadata(out) if resume else None, refusal=refusal)
-    evaluation = None
-    if train.eval_train:
-        from sslkit.evaluate.online import online_knn
-
-        workers = default_workers() if train.workers is None else train.workers
-        evaluation = online_knn(model, train.eval_train, train.eval_val, options.img_size, train.eval_every,
-                                train.eval_k, workers)
-    return Trainer(model, source, train, out, run_config, evaluation, provenance).fit(resume=resume)
-
-
-def _continue(model, weights, allow_partial: bool) -> dict[str, str]:
-    """--continue-from: the weights into the new run's model (a dry run's model on the meta device: only checked
-    to fit), said in a few lines; returns their provenance for the checkpoints."""
-    with warnings.catch_warnings():
-        # loading into meta tensors is a no-op, which torch warns about for every tensor
-        warnings.filterwarnings("ignore", message=".*non-meta parameter in the checkpoint to a meta parameter")
-        report = warm_start(model, weights, allow_partial)
-    announce(report)
-    return {"continued_from": report["source"], **({"licence": weights.licence} if weights.licence else {})}
-
-
-def _check_new_run(out: Path, force: bool, inputs: tuple[Path, ...], dry_run: bool) -> str | None:
-    """rundir.check_new_run; a dry run gets the reason it would refuse, to report, instead of the error."""
-    check = partial(rundir.check_new_run, out, force, inputs)
-    if dry_run:
-        return dryrun.refusal(check)
-    check()
-    return None
-
-
-def _decided(out: Path) -> dict:
-    """What a run recorded it decided when it started (config.json's ``decided``: data path, precision)."""
-    try:
-        decided = json.loads((out / "config.json").read_text(encoding="utf-8")).get("decided")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return decided if isinstance(decided, dict) else {}
-
-
-def _resume_settings(out: Path, given: dict, method: str) -> dict:
-    """The run's saved settings; given settings may only change how it runs (device, workers, ...)."""
-    config_file = out / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"--resume: {out} is not an sslkit run (no config.json)")
-    try:
-        recorded = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--resume: cannot read {config_file} ({error})") from None
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("method"), str):
-        raise UsageError(f"--resume: {config_file} is not the config of an sslkit run")
-    if recorded["method"] != method:
-        raise UsageError(f"--resume: {out} is a {recorded['method']} run, not a {method} run")
-    saved = cfg.flatten(recorded)
-    conflicts = [k for k, v in given.items() if k not in cfg.OPERATIONAL_FIELDS and _differs(v, saved.get(k))]
-    if conflicts:
-        shown = ", ".join(f"{k}={given[k]!r} (run has {saved.get(k)!r})" for k in conflicts)
-        raise UsageError(f"--resume continues the run as it was configured; drop or fix: {shown}")
-    return {**saved, **{k: v for k, v in given.items() if k in cfg.OPERATIONAL_FIELDS}}
-
-
-def _differs(given, saved) -> bool:
-    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
-        return list(given) != list(saved)
-    return given != saved
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    return run_pretraining(method, Path(data), Path(out), values, resume=resume, dry_run=dry_run)
 
 
 def probe_knn(model: str, train: str | Path, val: str | Path, **settings) -> dict:
@@ -202,7 +107,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
     recipe = RECIPES[options.recipe]
     refusal = None
     if options.out:
-        refusal = _check_new_run(Path(options.out), options.force, (Path(train), Path(val)), dry_run)
+        refusal = dryrun.checked_new_run(Path(options.out), options.force, (Path(train), Path(val)), dry_run)
     frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
     train_set, val_set, val_labels = frozen.labelled_sets()
     # without --batch-size a small labelled set gets a smaller step batch (the forward passes keep theirs)
@@ -222,7 +127,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
     if len(lrs) > 1:  # the held-out folds are scored on centre-crop features, which the plain probe trains on
         centre = (dataset.features, dataset.labels) if extractor is None else frozen.features(train_set, "train")
         choice = _choose_linear_lr(frozen, options, train_set, train_cfg, lrs, centre)
-    _seed_everything(options.seed)
+    seed_everything(options.seed)
     probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
         "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
         "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
@@ -238,7 +143,7 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
             scores.update({f"val_top1/lr={lr:g}": h["top1"] for lr, h in zip(lrs, heads)})
         return scores
 
-    with _run_dir(options.out) as out:
+    with _run_dir(options.out) as out, curves_drawn(out) if options.out else nullcontext():
         fit = Trainer(probe, dataset, train_cfg, out, _linear_run_config(options, train_cfg, decided),
                       Evaluation(score, best="val_top1")).fit()
     heads = [_head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
@@ -289,7 +194,7 @@ def _choose_linear_lr(frozen: "FrozenFeatures", options: LinearConfig, train_set
             extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
         else:
             dataset, decided, extractor = FeatureSet(features[fit], labels[fit]), {}, None
-        _seed_everything(options.seed)
+        seed_everything(options.seed)
         probe = LinearProbe(features.shape[1], len(train_set.classes), lrs, options.recipe, extractor)
         held_x, held_y = features[held].to(frozen.device), labels[held].to(frozen.device)
         scored: list[dict] = []
@@ -407,9 +312,9 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     values = {k: v for k, v in settings.items() if v is not None}
     out, refusal = Path(out), None
     if resume:
-        values = {"recipe": ft.MAE, **_resume_settings(out, values, "finetune")}  # runs before --recipe were MAE's
+        values = {"recipe": ft.MAE, **cfg.resumed_settings(out, values, "finetune")}  # runs before --recipe were MAE's
     else:
-        refusal = _check_new_run(out, values.get("force", False), (Path(train), Path(val)), dry_run)
+        refusal = dryrun.checked_new_run(out, values.get("force", False), (Path(train), Path(val)), dry_run)
     cfg.check_known(values, TrainConfig, FinetuneConfig)
     paths = {"model": str(model), "train": str(train), "val": str(val), "out": str(out)}
     cfg.validate_finetune(cfg.build(FinetuneConfig, {**values, **paths}))
@@ -443,7 +348,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
             notes.append(f"layer decay {run.layer_decay:g}")
         train_cfg = dataclasses.replace(train_cfg, lr=train_cfg.lr or lrs[len(lrs) // 2])
         cfg.validate_train(train_cfg)
-        method, source, decided = run.parts(train_set, train_cfg, saved=_decided(out) if resume else None)
+        method, source, decided = run.parts(train_set, train_cfg, saved=rundir.decided(out) if resume else None)
         run_config = run.config(train_cfg, decided)
         return dryrun.plan("finetune", train_cfg, run_config, len(source), out, method, refusal=refusal,
                            saved=dryrun.saved_metadata(out) if resume else None, notes=tuple(notes))
@@ -451,7 +356,7 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
     if choice is not None:
         train_cfg = dataclasses.replace(train_cfg, lr=choice.lr)
     cfg.validate_train(train_cfg)
-    saved = _decided(out) if resume else None
+    saved = rundir.decided(out) if resume else None
     method, source, decided = run.parts(train_set, train_cfg, saved=saved, fresh=choice is not None)
     chosen = {"recipe": recipe, "recipe_reason": why}
     if choice is not None:
@@ -465,8 +370,9 @@ def finetune(model: str, train: str | Path, val: str | Path, out: str | Path, *,
                          f"({len(val_set)} val images against {len(train_set)} to train on; --eval-every 1: each)")
     val_loader = make_loader(val_set, 256, run.workers(train_cfg), run.device(train_cfg))
     score = _classification_scores(method, val_loader, val_set.labels_in(train_set))
-    fit = Trainer(method, source, train_cfg, out, run.config(train_cfg, decided),
-                  Evaluation(score, every=train_cfg.eval_every, best="val_top1")).fit(resume=resume)
+    with curves_drawn(out):
+        fit = Trainer(method, source, train_cfg, out, run.config(train_cfg, decided),
+                      Evaluation(score, every=train_cfg.eval_every, best="val_top1")).fit(resume=resume)
     return {
         "model": options.model, "description": run.loaded.description, "out": str(out), "img_size": run.img_size,
         "fraction": options.fraction, "num_train": len(train_set), "num_val": len(val_set),
@@ -493,7 +399,7 @@ class _FinetuneRun:
     def _load(self):
         """The model as the run starts from it; a timm: baseline's random weights are the same every time."""
         options = self.options
-        _seed_everything(self.seed)
+        seed_everything(self.seed)
         loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
                                drop_path_rate=options.drop_path, allow_partial=options.allow_partial)
         if not has_weights(loaded.module):
@@ -639,7 +545,7 @@ class FrozenFeatures:
         self.options = options
         self.device = resolve_device(options.device)
         self.amp_dtype = choose_precision(options.precision, self.device).dtype
-        _seed_everything(options.seed)
+        seed_everything(options.seed)
         self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
                                     allow_partial=options.allow_partial)
         patch = patch_size(self.loaded.module)

@@ -399,6 +399,33 @@ def recorded(run_config: dict[str, Any]) -> dict[str, Any]:
             for key, value in run_config.items()}
 
 
+def resumed_settings(out: Path, given: dict, method: str) -> dict:
+    """The run's saved settings; given settings may only change how it runs (device, workers, ...)."""
+    config_file = out / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"--resume: {out} is not an sslkit run (no config.json)")
+    try:
+        recorded = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--resume: cannot read {config_file} ({error})") from None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("method"), str):
+        raise UsageError(f"--resume: {config_file} is not the config of an sslkit run")
+    if recorded["method"] != method:
+        raise UsageError(f"--resume: {out} is a {recorded['method']} run, not a {method} run")
+    saved = flatten(recorded)
+    conflicts = [k for k, v in given.items() if k not in OPERATIONAL_FIELDS and _differs(v, saved.get(k))]
+    if conflicts:
+        shown = ", ".join(f"{k}={given[k]!r} (run has {saved.get(k)!r})" for k in conflicts)
+        raise UsageError(f"--resume continues the run as it was configured; drop or fix: {shown}")
+    return {**saved, **{k: v for k, v in given.items() if k in OPERATIONAL_FIELDS}}
+
+
+def _differs(given, saved) -> bool:
+    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
+        return list(given) != list(saved)
+    return given != saved
+
+
 def _toml_loads(text: str) -> dict:
     if sys.version_info >= (3, 11):
         import tomllib

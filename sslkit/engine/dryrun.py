@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,15 @@ def refusal(check: Callable[[], None]) -> str | None:
         check()
     except UsageError as error:
         return str(error)
+    return None
+
+
+def checked_new_run(out: Path, force: bool, inputs: tuple[Path, ...], dry_run: bool) -> str | None:
+    """rundir.check_new_run; a dry run gets the reason it would refuse, to report, instead of the error."""
+    check = partial(rundir.check_new_run, out, force, inputs)
+    if dry_run:
+        return refusal(check)
+    check()
     return None
 
 

@@ -52,6 +52,15 @@ def check_new_run(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
                              "--force never overwrites them: move them or choose another --out")
 
 
+def decided(out: Path) -> dict:
+    """What a run recorded it decided when it started (config.json's ``decided``: data path, precision)."""
+    try:
+        record = json.loads((out / "config.json").read_text(encoding="utf-8")).get("decided")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def is_run(out: Path) -> bool:
     """Whether ``out`` holds an sslkit run: its marker, or (a run from before the marker) an sslkit checkpoint."""
     if (out / MARKER).is_file():

@@ -8,7 +8,6 @@ the lr / weight-decay schedules, checkpoints, resume, signals and the progress d
 from __future__ import annotations
 
 import json
-import random
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -17,7 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -33,9 +31,9 @@ from sslkit.engine.device import Precision, resolve_device, run_precision
 from sslkit.engine.method import Method, Progress, StepOutput
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
+from sslkit.engine.rng import rng_state, set_rng_state
 from sslkit.engine.schedules import resumed_step, step_plan, step_values
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
-from sslkit.visualize.curves import write_curves
 
 
 @dataclass
@@ -165,7 +163,6 @@ class Trainer:
                     self._save(self.best_path)
                 if stopping:
                     self._interrupt(stop, f"interrupted after epoch {epoch + 1}; resume with --resume")
-        self._write_curves()
         distributed.barrier()  # every process returns once the last checkpoint is written
         return {"steps": self.step, "checkpoint": str(self.checkpoint_path), **({"best": self.best} if self.best else {})}
 
@@ -175,7 +172,6 @@ class Trainer:
         return distributed.any_process(signalled, self.device) if self.dist.enabled else signalled
 
     def _interrupt(self, stop: dict, message: str) -> None:
-        self._write_curves()
         distributed.barrier()
         raise Interrupted(message, 128 + (stop["signal"] or signal.SIGTERM))
 
@@ -250,14 +246,6 @@ class Trainer:
         if improved:
             self.best = {"key": key, "value": scores[key], "epoch": epoch + 1, "step": self.step}
         return improved
-
-    def _write_curves(self) -> None:
-        if not self.is_main:
-            return
-        try:
-            write_curves(self.out)
-        except Exception as error:  # a picture must never cost a run its result
-            console.warn(f"could not draw the training curves: {type(error).__name__}: {error}")
 
     def _forward_backward(self, batch, last_pass: bool = True):
         # with torchrun, gradients are all-reduced once per optimizer step: on the last accumulation pass
@@ -360,7 +348,7 @@ class Trainer:
         state = {
             "optim": ckpt.pack(self.optimizer.state_dict(), "optim", tensors),
             "scaler": ckpt.pack(self.scaler.state_dict(), "scaler", tensors),
-            "rng": ckpt.pack(_rng_state(), "rng", tensors),
+            "rng": ckpt.pack(rng_state(), "rng", tensors),
         }
         metadata = {
             "method": self.run_config["method"],
@@ -392,7 +380,7 @@ class Trainer:
         state = json.loads(metadata["state"])
         self.optimizer.load_state_dict(ckpt.unpack(state["optim"], tensors))
         self.scaler.load_state_dict(ckpt.unpack(state["scaler"], tensors))
-        _set_rng_state(ckpt.unpack(state["rng"], tensors))
+        set_rng_state(ckpt.unpack(state["rng"], tensors))
         self.step = step
         self.best = json.loads(metadata["best"]) if "best" in metadata else None
         self.provenance.update({k: metadata[k] for k in PROVENANCE if k in metadata})
@@ -437,28 +425,6 @@ def _batch_size(batch) -> int:
     while isinstance(batch, (list, tuple)):
         batch = batch[0]
     return int(batch.shape[0])
-
-
-def _rng_state() -> dict:
-    name, keys, position, has_gauss, gauss = np.random.get_state()  # timm's mixup / cutmix draw from numpy
-    numpy = {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss),
-             "gauss": float(gauss)}
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        saved = state["numpy"]
-        np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["position"],
-                             saved["has_gauss"], saved["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextmanager

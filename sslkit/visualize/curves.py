@@ -11,10 +11,14 @@ matplotlib is imported only when a picture is drawn, with the Agg backend, so no
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sslkit import console
+from sslkit.engine import distributed
 from sslkit.engine.progress import read_records
+from sslkit.errors import Interrupted
 from sslkit.files import write_atomic
 
 PANEL_SIZE = (4.2, 3.2)  # inches per panel; at DPI 100 a panel is 420 x 320 px
@@ -110,3 +114,24 @@ def write_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     out = Path(out) if out is not None else run_dir / "curves.png"
     write_atomic(out, lambda tmp: draw(chosen, run_dir.resolve().name, tmp), tmp_suffix=".tmp.png")
     return out
+
+
+@contextmanager
+def curves_drawn(run_dir: Path):
+    """Draw the run's curves.png when the training inside the block ends, or is interrupted (a resumable run
+    shows how far it got); only in the first process, and never at the cost of the run's result."""
+    try:
+        yield
+    except Interrupted:
+        _draw_quietly(run_dir)
+        raise
+    _draw_quietly(run_dir)
+
+
+def _draw_quietly(run_dir: Path) -> None:
+    if not distributed.first_process():
+        return
+    try:
+        write_curves(run_dir)
+    except Exception as error:
+        console.warn(f"could not draw the training curves: {type(error).__name__}: {error}")
