@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from sslkit.engine.device import to_device
+from sslkit.data.transfer import to_device
 
 # one row of parameters per image: the four jitter factors, the order of the four jitter operations (each
 # applied at its position, the others then neutral), grayscale, blur sigma (0: none), blur kernel, solarize

@@ -107,10 +107,3 @@ def _cpu_has(flag: str) -> bool:
     older = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}[flag]
     return bool(getattr(torch.cpu, older, lambda: False)())
 
-
-def to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    return batch

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -100,3 +102,21 @@ def interleave(parts: list[torch.Tensor], total: int) -> torch.Tensor:
     """Rows ``p`` of the parts of processes ``0..W-1`` are items ``p W .. p W + W - 1``."""
     stacked = torch.stack(parts, 1)
     return stacked.reshape(-1, *stacked.shape[2:])[:total]
+
+
+def wrap_step(method: torch.nn.Module, step: Callable, device: torch.device) -> DistributedDataParallel:
+    """``step`` (``method``'s training step, maybe compiled) wrapped so that backward all-reduces the gradients."""
+    return DistributedDataParallel(_Step(method, step), device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class _Step(torch.nn.Module):
+    """A method's training step as a module's forward: DistributedDataParallel all-reduces the gradients of
+    what runs through a forward call."""
+
+    def __init__(self, method: torch.nn.Module, step: Callable):
+        super().__init__()
+        self.method, self.step = method, step
+
+    def forward(self, batch):
+        out = self.step(batch)
+        return out.loss, out.logs

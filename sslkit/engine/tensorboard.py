@@ -29,6 +29,14 @@ def check_available() -> None:
                          "(or pip install tensorboard)") from None
 
 
+def metric_sinks(logger: str, out: Path) -> tuple:
+    """Where a run's metrics go besides metrics.jsonl (``--logger``): a TensorBoardLog in ``out/tensorboard``."""
+    if logger != "tensorboard":
+        return ()
+    check_available()
+    return (TensorBoardLog(out / "tensorboard"),)
+
+
 def tag(record: dict, key: str) -> str:
     if "epoch_loss" in record:
         return f"epoch/{key}"
