@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "attention", "copydetect", "embed", "export", "finetune", "make_copy_benchmark",
+__all__ = ["__version__", "attention", "copydetect", "embed", "export", "finetune", "info", "make_copy_benchmark",
            "pretrain", "probe_knn", "probe_linear", "reconstruct"]
 
 

@@ -163,6 +163,10 @@ class OutputFolder:
         write_atomic(target, write)
         return target
 
+    def write_json(self, name: str, data) -> Path:
+        """Write the claimed file ``name`` as indented JSON."""
+        return self.write(name, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
     def _listed(self) -> set[str]:
         try:
             manifest = json.loads((self.root / MANIFEST).read_text(encoding="utf-8"))
@@ -177,6 +181,16 @@ class OutputFolder:
             return []
         return sorted(str(Path(top, name).relative_to(self.root)) for top, _, names in os.walk(self.root)
                       for name in names)
+
+
+def unique_names(files: list[Path]) -> list[str]:
+    """An output name per image: its file stem, numbered when stems repeat."""
+    names, seen = [], {}
+    for path in files:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}-{count + 1}")
+    return names
 
 
 def _few(names: list[str], shown: int = 3) -> str:

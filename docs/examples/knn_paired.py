@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from sslkit.api import FrozenFeatures
+from sslkit.evaluate.features import FrozenFeatures
 from sslkit.config import KNNConfig
 from sslkit.evaluate.knn import knn_predict
 

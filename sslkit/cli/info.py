@@ -19,15 +19,16 @@ def info(
     model: Model,
     checkpoint_key: CheckpointKey = None,
     arch: Arch = None,
-    config: bool = typer.Option(False, "--config", help="Also print the run's resolved settings (a .pth file's args, a Lightning file's hyper-parameters)."),
+    config: bool = typer.Option(False, "--config", help="Also print the run's resolved settings (a .pth file's args, "
+                                                        "a Lightning file's hyper-parameters)."),
     json_path: JsonOut = None,
     quiet: Quiet = False,
 ):
     """Describe a model file."""
     with handle_errors(quiet):
-        from sslkit.engine.modelinfo import model_info
+        from sslkit import api  # imports torch: only once a command runs
 
-        result = model_info(str(model), checkpoint_key or "teacher", arch)
+        result = api.info(model, checkpoint_key or "teacher", arch)
         write_json(json_path, result)
         if quiet:
             return
@@ -41,10 +42,11 @@ def info(
         keys = result.get("keys")
         if keys:
             if keys["fits"]:
-                console.stdout.print(f"backbone: all {keys['expected']} tensors of {result['arch']} present, shapes match")
+                console.stdout.print(f"backbone: all {keys['expected']} tensors of {result['arch']} present, "
+                                     "shapes match")
             else:
-                console.stdout.print(f"backbone: {keys['matched']} of {keys['expected']} tensors of {result['arch']} fit",
-                                     markup=False)
+                console.stdout.print(f"backbone: {keys['matched']} of {keys['expected']} tensors of {result['arch']} "
+                                     "fit", markup=False)
                 for name in ("missing", "unexpected", "wrong shape"):
                     if keys[name]:
                         more = f" and {len(keys[name]) - 5} more" if len(keys[name]) > 5 else ""

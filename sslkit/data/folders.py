@@ -230,6 +230,24 @@ def images_under(folder: Path) -> list[Path]:
     return found
 
 
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, in order) under named folders."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = images_under(item)
+            if not found:
+                raise UsageError(f"no images in {item}")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UsageError(f"image not found: {item}")
+    if not files:
+        raise UsageError("no images given")
+    return files
+
+
 def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The image files under ``folder`` and the folders that could not be read, with why."""
     found, seen, unreadable = [], set(), []

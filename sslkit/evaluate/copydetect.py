@@ -1,9 +1,12 @@
 """Copy detection as DINO evaluates it (Caron et al. 2021, eval_copy_detection.py): PCA whitening of the
-descriptors, and which database images are copies of each query (a ground-truth file or a naming rule)."""
+descriptors, which database images are copies of each query (a ground-truth file or a naming rule), and the
+search of the database by every query with its scores."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import console
+from sslkit.config import CopyDetectConfig
+from sslkit.data.folders import ImageFolder
+from sslkit.data.views import square_transform
 from sslkit.errors import UsageError
+from sslkit.evaluate.features import FrozenFeatures
+from sslkit.evaluate.retrieval import ranking_scores, search
 from sslkit.files import write_atomic
 
 
@@ -181,3 +189,109 @@ def write_matches(path: Path, queries: list[Path], database: list[Path], scores:
 
     write_atomic(path, write)
     return rows
+
+
+def run_copy_detection(options: CopyDetectConfig) -> dict:
+    """``copydetect`` with the checked ``options`` (see sslkit.api.copydetect): the descriptors, the search, and
+    with a ground truth the scores."""
+    pixels = options.model.startswith("pixels:")
+    if pixels:
+        options = dataclasses.replace(options, pool="default")  # a thumbnail is its own descriptor
+    frozen = FrozenFeatures(options, default_blocks=1, transform=square_transform)
+    folders = {"database": options.database, "distractors": options.distractors, "whiten": options.whiten,
+               "queries": options.queries}
+    sets = {name: ImageFolder(folder, frozen.transform) for name, folder in folders.items() if folder}
+    database_files = sets["database"].files + (sets["distractors"].files if "distractors" in sets else [])
+    truth = GroundTruth.load(options.ground_truth, Path(options.queries), sets["queries"].files,
+                             Path(options.database), sets["database"].files) if options.ground_truth else None
+    seconds, features = {}, {}
+    for name, dataset in sets.items():
+        start = time.perf_counter()
+        features[name] = frozen.features(dataset, name)[0]
+        seconds[name] = round(time.perf_counter() - start, 3)
+    scores, indices, seconds["search"] = _search(options, features, frozen.device)
+    recall_at = sorted({1, min(10, options.top_k)})
+    ranked = ranking_scores(scores, indices, truth.positives, recall_at) if truth else None
+    database_seconds = seconds["database"] + seconds.get("distractors", 0.0) + seconds["search"]
+    results = {
+        "model": options.model, "description": frozen.loaded.description,
+        "descriptor": "pixels" if pixels else frozen.recipe.describe(),
+        "dim": int(features["queries"].shape[1]), "img_size": frozen.loaded.img_size,
+        "num_queries": len(sets["queries"]), "num_database": len(sets["database"]),
+        "num_distractors": len(sets["distractors"]) if options.distractors else 0,
+        "whitening": {"folder": options.whiten, "images": len(sets["whiten"]), "power": options.whiten_power}
+        if options.whiten else None,
+        "top_k": options.top_k, "ground_truth": options.ground_truth,
+        **(copy_scores(ranked, truth) if truth else {}),
+        "examples": copy_examples(scores, indices, ranked, truth, sets["queries"].files, database_files),
+        "seconds": seconds, "per_1000_database_s": round(1000 * database_seconds / len(database_files), 3),
+        "peak_memory_mb": peak_memory(frozen.device), "matches": options.matches,
+    }
+    if options.matches:
+        write_matches(Path(options.matches), sets["queries"].files, database_files, scores, indices, truth,
+                      options.min_score)
+    return results
+
+
+def _search(options: CopyDetectConfig, features: dict[str, torch.Tensor],
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Each query's ``top_k`` database (+ distractor) matches by cosine similarity, whitened when --whiten names a
+    folder: scores and indices (Q x k), and the seconds the search took."""
+    whitening = None
+    if options.whiten:
+        learn_from = features["whiten"]
+        if len(learn_from) < learn_from.shape[1]:
+            console.warn(f"whitening {learn_from.shape[1]}-d descriptors from only {len(learn_from)} images: the "
+                         "smallest directions are guessed; give --whiten several times more images than dimensions")
+        whitening = Whitening.fit(learn_from, options.whiten_power).to(device)  # once, not per chunk
+    start = time.perf_counter()
+    databases = [features["database"]] + ([features["distractors"]] if options.distractors else [])
+    queries = comparable(features["queries"].to(device), whitening)
+    scores, indices = search(queries, databases, options.top_k, prepare=lambda chunk: comparable(chunk, whitening),
+                             device=device)
+    return scores, indices, round(time.perf_counter() - start, 3)
+
+
+def copy_scores(ranked: dict, truth: GroundTruth) -> dict:
+    """mAP, micro-AP, recall@1 / @10 (percent), and mAP per group of queries (e.g. per attack)."""
+    percent = {name: round(100 * value, 2) for name, value in ranked.items() if name != "ap"}
+    groups = {}
+    for q, names in enumerate(truth.groups or []):
+        for name in names:
+            if ranked["ap"][q] is not None:
+                groups.setdefault(name, []).append(ranked["ap"][q])
+    return {
+        **percent, "queries_with_copies": sum(1 for p in truth.positives if p),
+        "groups": {name: {"map": round(100 * sum(ap) / len(ap), 2), "queries": len(ap)}
+                   for name, ap in sorted(groups.items())},
+        "ap": [None if ap is None else round(ap, 4) for ap in ranked["ap"]],
+    }
+
+
+def copy_examples(scores: torch.Tensor, indices: torch.Tensor, ranked: dict | None, truth: GroundTruth | None,
+                  queries: list[Path], database: list[Path], count: int = 10) -> list[dict]:
+    """The first queries' best matches; with a ground truth, the queries whose copy ranks worst."""
+    order = list(range(len(queries)))
+    if truth:
+        ap = ranked["ap"]
+        order = sorted((q for q in order if ap[q] is not None), key=lambda q: (ap[q], q))
+    examples = []
+    for q in order[:count]:
+        example = {"query": str(queries[q]), "match": str(database[indices[q, 0]]),
+                   "score": round(scores[q, 0].item(), 4)}
+        if truth:
+            example["copy"] = int(indices[q, 0]) in truth.positives[q]
+            example["originals"] = [str(database[i]) for i in sorted(truth.positives[q])]
+        examples.append(example)
+    return examples
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory (MB) of this process and of its largest child (data-loading worker); CUDA's peak."""
+    import resource
+
+    peaks = {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peaks["cuda"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return {name: round(value, 1) for name, value in peaks.items()}

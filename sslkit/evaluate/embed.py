@@ -30,6 +30,7 @@ import torch
 from sslkit import __version__, config as cfg, console
 from sslkit.data.folders import IMAGE_EXTENSIONS, ImageFolder, shown
 from sslkit.errors import UsageError
+from sslkit.evaluate.features import FrozenFeatures
 from sslkit.files import check_output_file, write_atomic, write_text
 
 FORMATS = ("safetensors", "npy", "csv")
@@ -103,8 +104,6 @@ def embed_options(model: str, data: str | Path, out: str | Path, settings: dict)
 
 def _features(options: EmbedConfig, dataset: ImageFolder):
     """``probe knn``'s (cached) features of ``dataset``, its labels, and the frozen model they came from."""
-    from sslkit.api import FrozenFeatures  # sslkit.api imports sslkit.evaluate: here, no import cycle
-
     frozen = FrozenFeatures(options, default_blocks=1)
     dataset.transform = frozen.transform
     features, labels = frozen.features(dataset, "embed")

@@ -21,10 +21,15 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from sslkit import console
-from sslkit.data.loader import make_loader
+from sslkit.data.folders import ImageFolder, balanced_subset
+from sslkit.data.loader import default_workers, make_loader
+from sslkit.data.views import eval_transform
 from sslkit.engine import distributed
-from sslkit.engine.checkpoint import save_safetensors
-from sslkit.models.backbones import FeatureExtractor, FeatureRecipe
+from sslkit.engine.checkpoint import load_backbone, save_safetensors
+from sslkit.engine.device import choose_precision, resolve_device
+from sslkit.engine.rng import seed_everything
+from sslkit.errors import UsageError
+from sslkit.models.backbones import FeatureExtractor, FeatureRecipe, is_vit, patch_size
 
 CACHE_ENV = "SSLKIT_CACHE_DIR"
 
@@ -126,6 +131,60 @@ class FeatureSet(Dataset):
     def __getitem__(self, item):
         index = item[0] if isinstance(item, tuple) else item  # (index, augmentation seed): nothing to augment
         return self.features[index], self.labels[index]
+
+
+class FrozenFeatures:
+    """The frozen model of an evaluation, its feature recipe and the (cached) features it gives per folder.
+
+    ``options``: a FrozenConfig, or any settings with its feature fields (CopyDetectConfig).
+    """
+
+    def __init__(self, options, default_blocks: int, transform=eval_transform):
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.amp_dtype = choose_precision(options.precision, self.device).dtype
+        seed_everything(options.seed)
+        self.loaded = load_backbone(options.model, options.checkpoint_key, options.img_size, arch=options.arch,
+                                    allow_partial=options.allow_partial)
+        patch = patch_size(self.loaded.module)
+        if patch and self.loaded.img_size % patch:
+            raise UsageError(f"--img-size {self.loaded.img_size} is not a multiple of the model's patch size {patch}")
+        blocks = options.n_last_blocks or (default_blocks if is_vit(self.loaded.module) else 1)
+        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens, options.gem_p)
+        self.recipe.check(self.loaded.module)
+        self.transform = transform(self.loaded.img_size)
+        self.workers = default_workers() if options.workers is None else options.workers
+        cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()) if options.cache else None
+        self.cache_dir = cache_dir
+        partial = "|partial" if options.allow_partial else ""  # what is not loaded depends on the seed
+        self.model_id = model_fingerprint(self.loaded.source, f"{options.checkpoint_key}|{self.loaded.arch}|"
+                                          f"{self.loaded.img_size}|seed{options.seed}{partial}")
+
+    def labelled_sets(self) -> tuple[ImageFolder, ImageFolder, torch.Tensor]:
+        """The train folder (the --fraction of it), val (evaluation transform) and val's labels as train class
+        indices."""
+        train_set = ImageFolder(self.options.train, self.transform, labelled=True)
+        if self.options.fraction < 1:  # the images finetune --fraction with the same --seed trains on
+            train_set.keep(balanced_subset(train_set.labels, self.options.fraction, self.options.seed))
+        val_set = ImageFolder(self.options.val, self.transform, labelled=True)
+        return train_set, val_set, val_set.labels_in(train_set)
+
+    def features(self, dataset: ImageFolder, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return cached_features(self.cache_dir, self.model_id, self.recipe, self.transform, dataset, label=label,
+                               backbone=self.loaded.module, batch_size=self.options.batch_size, workers=self.workers,
+                               device=self.device, amp_dtype=self.amp_dtype)
+
+    def summary(self, train_set: ImageFolder, val_set: ImageFolder) -> dict:
+        return {
+            "model": self.options.model,
+            "description": self.loaded.description,
+            "features": self.recipe.describe(),
+            "img_size": self.loaded.img_size,
+            "num_train": len(train_set),
+            "fraction": self.options.fraction,
+            "num_val": len(val_set),
+            "num_classes": len(train_set.classes),
+        }
 
 
 def _stat(path: Path) -> tuple[int, int]:

@@ -7,6 +7,10 @@ weight ``exp(similarity / T)``. Queries are processed in chunks so the similarit
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from sslkit.config import KNNConfig
+from sslkit.evaluate.features import FrozenFeatures
 
 
 @torch.no_grad()
@@ -20,7 +24,8 @@ def knn_predict(
     device: torch.device = torch.device("cpu"),
     chunk_size: int = 1024,
 ) -> dict[int, torch.Tensor]:
-    """For each k in ``ks``, each query's classes ranked by the weighted vote: (queries, min(5, classes)), on the CPU."""
+    """For each k in ``ks``, each query's classes ranked by the weighted vote: (queries, min(5, classes)), on the
+    CPU."""
     train_features = train_features.to(device)
     train_labels = train_labels.to(device)
     max_k = min(max(ks), len(train_features))
@@ -56,3 +61,21 @@ def knn_classify(
     total = len(query_features)
     return {k: {"top1": 100.0 * (r[:, :1] == labels).sum().item() / total,
                 "top5": 100.0 * (r == labels).any(dim=1).sum().item() / total} for k, r in ranked.items()}
+
+
+def run_knn_probe(options: KNNConfig) -> dict:
+    """``probe knn`` with the checked ``options``: the summary, the first k's top-1 / top-5 and every k's."""
+    frozen = FrozenFeatures(options, default_blocks=1)
+    train_set, val_set, val_labels = frozen.labelled_sets()
+    train_features, train_labels = frozen.features(train_set, "train")
+    val_features, _ = frozen.features(val_set, "val")
+    results = knn_classify(F.normalize(train_features, dim=1), train_labels, F.normalize(val_features, dim=1),
+                           val_labels, options.k, options.temperature, len(train_set.classes), frozen.device)
+    first = results[options.k[0]]
+    return {
+        **frozen.summary(train_set, val_set),
+        "temperature": options.temperature,
+        "top1": first["top1"],
+        "top5": first["top5"],
+        "k": {str(k): v for k, v in results.items()},
+    }

@@ -8,18 +8,36 @@ Recipes (anchors.md 2.1 and 2.2):
 
 Several heads with different learning rates train in one pass (one parameter group each, scaled to its own
 lr): the features are computed once for all of them, and the summed loss gives each head its own gradient.
+With several, the lr is chosen by cross-validation on the training labels first (sslkit.evaluate.lr_choice).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkit import console
+from sslkit.config import LinearConfig, TrainConfig
+from sslkit.data.datapath import training_data
+from sslkit.data.folders import ImageFolder, held_out_folds
+from sslkit.data.views import crop_flip, crop_flip_view
+from sslkit.engine import dryrun
 from sslkit.engine.method import Progress, StepOutput
+from sslkit.engine.rng import seed_everything
+from sslkit.engine.trainer import Evaluation, Trainer
+from sslkit.evaluate.features import FeatureSet, FrozenFeatures
+from sslkit.evaluate.lr_choice import FOLDS, LrChoice, fits_the_slice
+from sslkit.methods.finetune import auto_batch
+from sslkit.models.backbones import FeatureExtractor
+from sslkit.visualize.curves import curves_drawn
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,7 @@ class LinearProbe(nn.Module):
             loss += F.cross_entropy(logits.flatten(0, 1), target.repeat(len(self.heads)), reduction="none").view(
                 len(self.heads), -1).sum(dim=1)
         hits, loss = (100.0 * hits / len(features)).tolist(), (loss / len(features)).tolist()
-        return [{"top1": round(h[0], 2), "top5": round(h[1], 2), "loss": round(l, 5)} for h, l in zip(hits, loss)]
+        return [{"top1": round(h[0], 2), "top5": round(h[1], 2), "loss": round(x, 5)} for h, x in zip(hits, loss)]
 
     # ------------------------------------------------------------------ engine hooks
     def start_step(self, progress: Progress) -> None:
@@ -133,3 +151,206 @@ class LinearProbe(nn.Module):
 
     def checkpoint_metadata(self) -> dict[str, str]:
         return {**self._metadata, "backbones": json.dumps({}), "head_lrs": json.dumps(self.lrs)}
+
+
+# ---------------------------------------------------------------- the probe's run
+def run_linear_probe(options: LinearConfig, *, batch_given: bool = False, dry_run: bool = False) -> dict:
+    """``probe linear`` with the checked ``options`` (see sslkit.api.probe_linear): the summary, or with
+    ``dry_run`` the plan. ``batch_given``: --batch-size was given; without it a small labelled set gets a smaller
+    step batch (the forward passes keep theirs)."""
+    refusal = None
+    if options.out:
+        inputs = (Path(options.train), Path(options.val))
+        refusal = dryrun.checked_new_run(Path(options.out), options.force, inputs, dry_run)
+    frozen = FrozenFeatures(options, default_blocks=4 if options.recipe == "dino" else 1)
+    train_set, val_set, val_labels = frozen.labelled_sets()
+    batch = options.batch_size if batch_given else min(options.batch_size, auto_batch(len(train_set)))
+    lrs = options.lr or lr_grid(options.recipe, batch)
+    train_cfg = linear_train_config(options, RECIPES[options.recipe], lrs, frozen.workers, batch)
+    if dry_run:
+        return linear_plan(options, frozen, train_set, train_cfg, lrs, refusal)
+    val_features, _ = frozen.features(val_set, "val")
+    dataset, extractor, decided = _training_set(frozen, train_set, train_cfg)
+    choice = None
+    if len(lrs) > 1:  # the held-out folds are scored on centre-crop features, which the plain probe trains on
+        centre = (dataset.features, dataset.labels) if extractor is None else frozen.features(train_set, "train")
+        choice = choose_linear_lr(frozen, options, train_set, train_cfg, lrs, centre)
+    seed_everything(options.seed)
+    probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
+        "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
+        "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
+    history, fit = _train_heads(probe, dataset, train_cfg, options, decided, (val_features, val_labels), frozen.device)
+    heads = [head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
+    return {**frozen.summary(train_set, val_set), "feature_dim": int(val_features.shape[1]),
+            **_results(options, batch, heads, lrs, choice, fit)}
+
+
+def _training_set(frozen: FrozenFeatures, train_set: ImageFolder, train_cfg: TrainConfig):
+    """What the heads train on: the cached centre-crop features, or with --augment random crops of the images
+    (features recomputed per epoch by the returned extractor: nothing to cache); and the data path's record."""
+    if frozen.options.augment:
+        dataset, decided = augmented(frozen, train_set, train_cfg)
+        return dataset, FeatureExtractor(frozen.loaded.module, frozen.recipe), decided
+    return FeatureSet(*frozen.features(train_set, "train")), None, {}
+
+
+def _train_heads(probe: LinearProbe, dataset, train_cfg: TrainConfig, options: LinearConfig, decided: dict,
+                 val: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[list[list[dict]], dict]:
+    """Train every head, scoring each on the ``val`` features and labels after every epoch: the scores per epoch
+    and head, and the trainer's result."""
+    history: list[list[dict]] = []
+    val_x, val_y = val[0].to(device), val[1].to(device)
+
+    def score() -> dict[str, float]:
+        heads = probe.score(val_x, val_y)
+        history.append(heads)
+        best = max(heads, key=lambda h: h["top1"])
+        scores = {"val_top1": best["top1"], "val_top5": best["top5"], "val_loss": best["loss"]}
+        if len(heads) > 1:
+            scores.update({f"val_top1/lr={lr:g}": h["top1"] for lr, h in zip(probe.lrs, heads)})
+        return scores
+
+    with run_dir(options.out) as out, curves_drawn(out) if options.out else nullcontext():
+        fit = Trainer(probe, dataset, train_cfg, out, linear_run_config(options, train_cfg, decided),
+                      Evaluation(score, best="val_top1")).fit()
+    return history, fit
+
+
+def _results(options: LinearConfig, batch: int, heads: list[dict], lrs: list[float], choice: LrChoice | None,
+             fit: dict) -> dict:
+    """The chosen head's last-epoch accuracy and the best of any head and epoch (chosen on val: optimistic)."""
+    chosen = heads[lrs.index(choice.lr)] if choice else heads[0]
+    best = max(heads, key=lambda h: h["best"]["top1"])
+    checkpoint = Path(options.out) / "checkpoints" / "best.safetensors" if options.out and fit.get("best") else None
+    return {
+        "recipe": options.recipe,
+        "augment": options.augment,
+        "epochs": options.epochs,
+        "batch_size": batch,
+        "lr": chosen["lr"],
+        "lr_choice": choice.record() if choice else None,
+        "top1": chosen["last"]["top1"],
+        "top5": chosen["last"]["top5"],
+        "best_top1": best["best"]["top1"],
+        "best_lr": best["lr"],
+        "best_epoch": best["best"]["epoch"],
+        "heads": heads,
+        "out": options.out,
+        **({"best_checkpoint": str(checkpoint)} if checkpoint else {}),
+    }
+
+
+def choose_linear_lr(frozen: FrozenFeatures, options: LinearConfig, train_set: ImageFolder, train_cfg: TrainConfig,
+                     lrs: list[float], centre: tuple[torch.Tensor, torch.Tensor]) -> LrChoice | None:
+    """Cross-validate one head per lr over the folds of ``train_set``, whose centre-crop features and labels are
+    ``centre`` (None: nothing can be held out, and the head that ends best on val is reported)."""
+    folds = [(fit, held) for fit, held in held_out_folds(train_set.labels, FOLDS, options.seed) if held]
+    if not folds:
+        console.warn("no class has two labelled images, so none can be held out to choose the lr: the head "
+                     "reported is the one best on --val (optimistic)")
+        return None
+    fits_the_slice(train_cfg.batch_size, min(len(fit) for fit, _ in folds), len(train_set))
+    trial = dataclasses.replace(train_cfg, save_every=train_cfg.epochs, force=False, logger="jsonl")
+    correct, loss = torch.zeros(len(lrs)), torch.zeros(len(lrs))
+    console.info(f"choosing the lr: {len(lrs)} heads, {len(folds)}-fold cross-validation on {len(train_set)} "
+                 "training images")
+    for number, (fit, held) in enumerate(folds, 1):
+        scored = _fold_scores(frozen, train_set, trial, lrs, centre, (fit, held), f"fold {number} of {len(folds)}")
+        correct += torch.tensor([h["top1"] for h in scored]) * len(held) / 100
+        loss += torch.tensor([h["loss"] for h in scored]) * len(held)
+    total = sum(len(held) for _, held in folds)
+    top1 = tuple(round(100 * c / total, 2) for c in correct.tolist())
+    choice = LrChoice(tuple(lrs), top1, tuple(round(x / total, 5) for x in loss.tolist()), len(folds[0][0]), total,
+                      len(folds))
+    console.info(choice.describe())
+    if choice.at_an_edge():
+        console.warn(choice.at_an_edge())
+    return choice
+
+
+def _fold_scores(frozen: FrozenFeatures, train_set: ImageFolder, trial: TrainConfig, lrs: list[float],
+                 centre: tuple[torch.Tensor, torch.Tensor], fold: tuple[list[int], list[int]],
+                 name: str) -> list[dict]:
+    """Every head trained on the ``fold``'s first indices and scored on its held-out ones."""
+    options, (fit, held), (features, labels) = frozen.options, fold, centre
+    if options.augment:
+        dataset, decided = augmented(frozen, train_set.subset(fit), trial)
+        extractor = FeatureExtractor(frozen.loaded.module, frozen.recipe)
+    else:
+        dataset, decided, extractor = FeatureSet(features[fit], labels[fit]), {}, None
+    seed_everything(options.seed)
+    probe = LinearProbe(features.shape[1], len(train_set.classes), lrs, options.recipe, extractor)
+    held_x, held_y = features[held].to(frozen.device), labels[held].to(frozen.device)
+    scored: list[dict] = []
+
+    def score() -> dict[str, float]:
+        scored[:] = probe.score(held_x, held_y)
+        return {"held_out_top1": max(h["top1"] for h in scored)}
+
+    console.info(f"{name}: {len(fit)} images to train on, {len(held)} held out")
+    with tempfile.TemporaryDirectory(prefix="sslkit-lr-") as tmp:
+        Trainer(probe, dataset, trial, Path(tmp), linear_run_config(options, trial, decided),
+                Evaluation(score, every=trial.epochs)).fit()
+    return scored
+
+
+def linear_train_config(options: LinearConfig, recipe: Recipe, lrs: list[float], workers: int,
+                        batch: int) -> TrainConfig:
+    """The engine settings of a linear probe: the recipe's optimizer and schedule, the first head's lr."""
+    return TrainConfig(
+        epochs=options.epochs, batch_size=batch, lr=lrs[0], min_lr=0.0, weight_decay=0.0,
+        warmup_epochs=recipe.warmup_epochs * options.epochs / recipe.epochs, optimizer=recipe.optimizer,
+        clip_grad=0.0, clip_per_param=False, device=options.device, precision=options.precision, seed=options.seed,
+        workers=workers if options.augment else 0, save_every=options.save_every, force=options.force,
+        data_path=options.data_path, store_size=options.store_size, store_on=options.store_on,
+        store_dir=options.store_dir, logger=options.logger,
+    )
+
+
+def linear_run_config(options: LinearConfig, train_cfg: TrainConfig, decided: dict) -> dict:
+    return {"method": "linear", "model": options.model, "linear": dataclasses.asdict(options),
+            "train": dataclasses.asdict(train_cfg), **({"decided": decided} if decided else {})}
+
+
+def augmented(frozen: FrozenFeatures, train_set: ImageFolder, train_cfg: TrainConfig) -> tuple[object, dict]:
+    """probe linear --augment: the training images as random resized crops + flips, and the data path's record."""
+    size = frozen.loaded.img_size
+    return training_data(train_set, (crop_flip(size),), crop_flip_view(size), train_cfg, frozen.device)
+
+
+def linear_plan(options: LinearConfig, frozen: FrozenFeatures, train_set: ImageFolder, train_cfg: TrainConfig,
+                lrs: list[float], refusal: str | None) -> dict:
+    """probe linear --dry-run: the heads' schedules over the training set; no feature computed."""
+    dataset, decided = augmented(frozen, train_set, train_cfg) if options.augment else (train_set, {})
+    notes = [] if options.lr else [f"lrs: the {options.recipe} recipe's grid x batch {train_cfg.batch_size} / 256"]
+    if len(lrs) > 1:
+        notes.append(f"{len(lrs)} heads, peak lr {', '.join(f'{lr:g}' for lr in lrs)}: the schedules show the first's"
+                     "; the others' are scaled to their own peak")
+        notes.append(f"the lr is chosen by {FOLDS}-fold cross-validation on the training labels (the heads train on "
+                     f"four fifths, {FOLDS} times), then every head trains on all of them")
+    out = Path(options.out) if options.out else None
+    return dryrun.plan("probe linear", train_cfg, linear_run_config(options, train_cfg, decided), len(dataset), out,
+                       batchnorm=RECIPES[options.recipe].batch_norm, refusal=refusal, notes=tuple(notes))
+
+
+def head_summary(lr: float, per_epoch: list[dict]) -> dict:
+    """One head's accuracy in the last epoch, in its best epoch (on val) and per epoch."""
+    best_epoch = max(range(len(per_epoch)), key=lambda e: per_epoch[e]["top1"])
+    return {
+        "lr": lr,
+        "last": {"top1": per_epoch[-1]["top1"], "top5": per_epoch[-1]["top5"]},
+        "best": {"top1": per_epoch[best_epoch]["top1"], "top5": per_epoch[best_epoch]["top5"],
+                 "epoch": best_epoch + 1},
+        "top1_per_epoch": [e["top1"] for e in per_epoch],
+        "top5_per_epoch": [e["top5"] for e in per_epoch],
+    }
+
+
+@contextmanager
+def run_dir(out: str | None):
+    """``out``, or a temporary directory removed afterwards when no run directory was asked for."""
+    if out:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="sslkit-probe-") as tmp:
+        yield Path(tmp)

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sslkit.errors import UsageError
+
 FOLDS = 5
+
+
+def fits_the_slice(batch: int, fit: int, total: int) -> None:
+    """A usage error when a step's ``batch`` is larger than the ``fit`` training images (of ``total``) an lr trial
+    trains on."""
+    if batch > fit:
+        raise UsageError(f"--batch-size {batch} is larger than the {fit} training images the lr is chosen with "
+                         f"({fit} of {total}; the rest held out): give a smaller --batch-size, or one --lr")
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,8 @@ class LrChoice:
 
     def record(self) -> dict:
         return {"lr": self.lr, "lrs": list(self.lrs), "held_out_top1": list(self.held_out_top1),
-                "held_out_loss": list(self.held_out_loss), "num_fit": self.num_fit, "num_held_out": self.num_held_out, "folds": self.folds}
+                "held_out_loss": list(self.held_out_loss), "num_fit": self.num_fit, "num_held_out": self.num_held_out,
+                "folds": self.folds}
 
     def at_an_edge(self) -> str | None:
         """A note when the chosen lr is the grid's largest or smallest: the best may lie beyond it."""

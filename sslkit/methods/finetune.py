@@ -30,6 +30,7 @@ from torch import nn
 from sslkit import config as cfg
 from sslkit.config import FinetuneConfig, TrainConfig
 from sslkit.engine.method import Progress, StepOutput
+from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, feature_dim, is_vit, patch_size, prefers_channels_last
 
 SEMI_SUPERVISED, MAE = "semi-supervised", "mae"
@@ -59,6 +60,39 @@ def recipe_options(recipe: str) -> dict:
     return dict(SEMI_SUPERVISED_OPTIONS) if recipe == SEMI_SUPERVISED else {}
 
 
+FINETUNE_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad",
+                         "accum_steps", "device", "precision", "compile", "seed", "workers", "save_every", "log_every",
+                         "force", "keep", "data_path", "store_size", "store_on", "store_dir", "logger", "optimizer",
+                         "momentum", "nesterov", "betas", "eval_every")
+
+
+def resolve(train: dict, options: dict, num_images: int, num_classes: int) -> tuple[TrainConfig, FinetuneConfig]:
+    """The settings of a run on ``num_images`` labelled images of ``num_classes``: the TrainConfig fields given
+    in ``train`` and the FinetuneConfig ones in ``options`` (its ``recipe`` chosen, not auto; other keys are
+    ignored), with the recipe's presets for the rest. They come as dicts because a given value equal to a
+    field's default must still win over the preset. Without --batch-size the batch suits small sets
+    (:func:`auto_batch`); without --lr or --blr the semi-supervised recipe's lr is None, to be chosen on
+    held-out labels."""
+    recipe = options["recipe"]
+    finetune = cfg.build(FinetuneConfig, {**recipe_options(recipe), **options})
+    cfg.validate_finetune(finetune)
+    batch_size = train.get("batch_size") or auto_batch(num_images)
+    blr = options.get("blr", finetune.blr if recipe == MAE else None)
+    given = {k: train[k] for k in FINETUNE_TRAIN_FIELDS if k in train}
+    train_cfg = train_settings(recipe, given, batch_size, blr, num_images, num_classes)
+    if (finetune.mixup > 0 or finetune.cutmix > 0) and (batch_size // train_cfg.accum_steps) % 2:
+        raise UsageError(f"mixup / cutmix pair each image with another: use an even --batch-size (not {batch_size})")
+    return train_cfg, finetune
+
+
+def auto_batch(num_images: int) -> int:
+    """256, or for small labelled sets the largest power of two that still gives about 10 steps per epoch."""
+    batch = 256
+    while batch > 8 and batch * 10 > num_images:
+        batch //= 2
+    return batch
+
+
 def train_settings(recipe: str, given: dict, batch_size: int, blr: float | None, num_images: int,
                    num_classes: int) -> TrainConfig:
     """The engine settings of a fine-tuning run by ``recipe``; the TrainConfig fields in ``given`` win. Without
@@ -70,11 +104,9 @@ def train_settings(recipe: str, given: dict, batch_size: int, blr: float | None,
         preset = dict(MAE_TRAIN)
     values = {"clip_grad": 0.0, "clip_per_param": False, **preset, **given, "batch_size": batch_size}
     train = cfg.build(TrainConfig, values)
-    if train.lr is None and blr is not None:
-        train.lr = blr * batch_size / 256
-    if train.warmup_epochs is None:  # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
-        train.warmup_epochs = min(5.0, train.epochs / 10)
-    return train
+    # MAE's 5 warm-up epochs of 100; a tenth of shorter runs
+    return cfg.with_defaults(train, lr=None if blr is None else blr * batch_size / 256,
+                             warmup_epochs=min(5.0, train.epochs / 10))
 
 
 STEM = ("cls_token", "pos_embed", "patch_embed", "reg_token", "norm_pre")

@@ -12,6 +12,7 @@ weights are never changed.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,14 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from sslkit import config as cfg
+from sslkit import config as cfg, console
+from sslkit.data.folders import decoded
 from sslkit.engine import foreign
-from sslkit.engine.checkpoint import LoadedBackbone
+from sslkit.engine.checkpoint import LoadedBackbone, load_backbone
+from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
-from sslkit.models.backbones import patch_size
+from sslkit.files import OutputFolder, unique_names
+from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
 
 # viridis at ten evenly spaced points (matplotlib's default colour map), interpolated to 256 entries
 _VIRIDIS = np.array([
@@ -208,3 +212,42 @@ def pictures(pixels: np.ndarray, maps: torch.Tensor, patch: int, threshold: floa
 
 def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
+
+
+def write_attention_maps(model: str, files: list[Path], out: str | Path, *, img_size: int, threshold: float | None,
+                         checkpoint_key: str, arch: str | None, pos_resample: str | None, allow_partial: bool,
+                         device: str, force: bool) -> dict:
+    """The pictures of every image of ``files`` under ``out/<name>/`` and the summary, also written to
+    ``out/attention.json`` (see sslkit.api.attention, which checks the settings)."""
+    names = dict(zip(files, unique_names(files)))
+    out = OutputFolder(out, "attention", force)
+    out.claim([f"{names[path]}/{png}" for path in files for png in picture_names(0, threshold)]
+              + ["attention.json"], files)  # what does not depend on the model, before it is loaded
+    loaded = load_backbone(model, checkpoint_key, arch=arch, dynamic=True, allow_partial=allow_partial)
+    if not is_vit(loaded.module):
+        raise UsageError(f"{model} is a {loaded.arch}, not a vision transformer: it has no attention maps")
+    pos_resample = choose_pos_resample(loaded, pos_resample)
+    torch_device = resolve_device(device)
+    extractor = FeatureExtractor(loaded.module).to(torch_device)
+    patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
+    pngs = picture_names(loaded.module.blocks[-1].attn.num_heads, threshold)
+    out.claim([f"{names[path]}/{png}" for path in files for png in pngs], files)
+    results = []
+    for path, picture in console.track(decoded(files), len(files), "attention maps"):
+        image = prepare_image(picture, img_size, patch)
+        grid = (image.shape[-2] // patch, image.shape[-1] // patch)
+        probs = last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)),
+                                     pos_resample)
+        maps = cls_attention(probs, prefix, grid)[0].cpu()  # (heads, h, w)
+        for png, array in zip(pngs, pictures(image.permute(1, 2, 0).numpy(), maps, patch, threshold)):
+            out.write(f"{names[path]}/{png}", partial(save_png, array))
+        results.append({"image": str(path), "out": str(out.root / names[path]), "size": list(image.shape[-2:]),
+                        "grid": list(grid), "heads": len(maps),
+                        "central_mass": round(float(central_mass(maps.mean(dim=0))), 4)})
+    summary = {
+        "model": model, "description": loaded.description, "img_size": img_size, "patch_size": patch,
+        "pos_resample": pos_resample, "threshold": threshold, "images": results,
+        "mean_central_mass": round(sum(r["central_mass"] for r in results) / len(results), 4),
+    }
+    out.write_json("attention.json", summary)
+    return summary

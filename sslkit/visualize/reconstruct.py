@@ -8,8 +8,10 @@ those two numbers per patch into the picture; the strip says so).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,13 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageDraw, ImageFont
 
-from sslkit import config as cfg
-from sslkit.config import MAEConfig
+from sslkit import config as cfg, console
+from sslkit.methods.mae import MAEConfig
+from sslkit.data.folders import decoded
 from sslkit.engine import checkpoint as ckpt, foreign
+from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
+from sslkit.files import OutputFolder, unique_names
 from sslkit.methods.mae import HEAD_DIM, MAE, patchify, unpatchify
 from sslkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -47,7 +52,7 @@ def load_mae(spec: str, norm_pix: bool | None = None) -> tuple[MAE, str]:
         raise UsageError(f"{spec} is a {metadata.get('method')} checkpoint; reconstructions need {DECODER_FILES}")
     options = cfg.build(MAEConfig, json.loads(metadata["config"])["mae"])
     if norm_pix is not None:
-        options.norm_pix_loss = norm_pix
+        options = dataclasses.replace(options, norm_pix_loss=norm_pix)
     model = MAE(options)
     ckpt.load_weights(model, ckpt.read_tensors(path, "model."), path)
     return model, f"mae {options.arch}, step {metadata.get('step', '?')}"
@@ -68,6 +73,39 @@ def _load_official(path: Path, norm_pix: bool | None) -> tuple[MAE, str]:
     model = MAE(options)
     ckpt.load_weights(model, state, path)
     return model, f"{path.name} ({options.arch})"
+
+
+def write_reconstructions(model: str, files: list[Path], out: str | Path, *, mask_ratio: float | None, seed: int,
+                          img_size: int | None, norm_pix: bool | None, device: str, force: bool) -> dict:
+    """The strip of every image of ``files`` as ``out/<name>.png`` and the summary, also written to
+    ``out/reconstruct.json`` (see sslkit.api.reconstruct, which checks the settings)."""
+    names = dict(zip(files, unique_names(files)))
+    out = OutputFolder(out, "reconstruct", force)
+    out.claim([f"{names[path]}.png" for path in files] + ["reconstruct.json"], files)
+    mae, description = load_mae(model, norm_pix)
+    mask_ratio = mae.options.mask_ratio if mask_ratio is None else mask_ratio
+    img_size = img_size or mae.options.img_size
+    mae.set_grid(img_size)  # fixed sin-cos position embeddings: exact at any multiple of the patch size
+    mae.check_mask_ratio(mask_ratio)
+    mae = mae.to(resolve_device(device)).eval()
+    norm_pix = mae.options.norm_pix_loss
+    labels = ["original", f"masked {mask_ratio:.0%}", "reconstruction", "reconstruction + visible"]
+    footer = "norm-pix model: predictions shown with each true patch's mean and std" if norm_pix else \
+        "pixel-loss model: predictions shown as predicted"
+    results = []
+    for path, picture in console.track(decoded(files), len(files), "reconstructions"):
+        shown = reconstruct(mae, prepare_image(picture, img_size), mask_ratio, seed)
+        panels = [shown[k] for k in ("original", "masked", "reconstruction", "pasted")]
+        target = out.write(f"{names[path]}.png", partial(strip(panels, labels, footer).save, format="PNG"))
+        results.append({"image": str(path), "out": str(target), "masked_patches": int(shown["mask"].sum()),
+                        "masked_mse": round(shown["loss"], 6)})
+    summary = {
+        "model": model, "description": description, "img_size": img_size, "patch_size": mae.patch,
+        "mask_ratio": mask_ratio, "seed": seed, "norm_pix_loss": norm_pix, "images": results,
+        "mean_masked_mse": round(sum(r["masked_mse"] for r in results) / len(results), 6),
+    }
+    out.write_json("reconstruct.json", summary)
+    return summary
 
 
 def prepare_image(image: Image.Image, img_size: int) -> torch.Tensor:

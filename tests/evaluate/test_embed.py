@@ -64,7 +64,7 @@ def test_unlabelled_folders_are_read_recursively_with_the_probes_vit_recipes(tmp
     recipe = dict(n_last_blocks=2, avgpool_patchtokens=True, cache=False)
     out = tmp_path / "e.npy"
     sslkit.embed("timm:test_vit", data, out, **recipe, **TINY)
-    from sslkit.api import FrozenFeatures
+    from sslkit.evaluate.features import FrozenFeatures
 
     options = embedding.EmbedConfig(model="timm:test_vit", data=str(data), out=str(out), **recipe, **TINY)
     frozen = FrozenFeatures(options, default_blocks=1)

@@ -52,20 +52,20 @@ def test_predictions_rank_classes_by_their_vote_for_each_k():
 
 def test_probe_knn_fraction_is_the_memory_finetune_fraction_trains_on(tmp_path, monkeypatch):
     import sslkit
-    from sslkit import api
     from sslkit.data.folders import ImageFolder, balanced_subset
+    from sslkit.evaluate.features import FrozenFeatures
     from tests.conftest import make_folder
 
     train = make_folder(tmp_path / "train", classes=3, per_class=10)
     val = make_folder(tmp_path / "val", classes=3, per_class=2, seed=1)
     memories = []
-    original = api.FrozenFeatures.features
+    original = FrozenFeatures.features
 
     def spy(self, dataset, label):
         memories.append((label, list(dataset.files)))
         return original(self, dataset, label)
 
-    monkeypatch.setattr(api.FrozenFeatures, "features", spy)
+    monkeypatch.setattr(FrozenFeatures, "features", spy)
     result = sslkit.probe_knn("timm:test_resnet", train, val, fraction=0.3, seed=4, k=[3], img_size=32, device="cpu",
                               workers=0, cache=False)
     folder = ImageFolder(train, labelled=True)
