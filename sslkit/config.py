@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,125 +15,166 @@ from typing import Any
 
 from sslkit import console
 from sslkit.errors import UsageError
+from sslkit.settings import (Settings, choice, as_text, at_least_zero, below_1, check_type, each,
+                             one_of, pixels, positive, seed_range, setting, share, typed_fields)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("lars", "adamw", "sgd")
+AUGMENT_ON = ("cpu", "device")
+KEYS = ("teacher", "student")
+
+RUN, HW, OPT, DATA, EVAL = "Run", "Hardware", "Optimisation", "Input pipeline", "Online k-NN"
 
 
-@dataclass
-class TrainConfig:
+# Settings several commands share, each declared once here (a fresh field per class that takes it).
+def device_setting():
+    return setting("auto", "auto (CUDA when present), cpu or cuda.", panel=HW, check=one_of(*DEVICES))
+
+
+def precision_setting():
+    return setting("auto", "auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs; decided once per "
+                           "run, recorded, and kept by --resume; the run's first lines say which and why), bf16, "
+                           "fp16 or fp32.", panel=HW, check=one_of(*PRECISIONS))
+
+
+def workers_setting():
+    return setting(None, "Data-loading processes (default: CPU cores - 1, at most 8).", panel=HW,
+                   check=at_least_zero)
+
+
+def allow_partial_setting():
+    return setting(False, "Experts: load the backbone tensors that fit and leave the rest as initialised (a "
+                          "warning lists them) instead of refusing a file that does not fit the architecture.",
+                   flags=("--allow-partial",))
+
+
+def keep_setting():
+    return setting(1, "Periodic checkpoints to keep: besides checkpoints/last.safetensors, the newest K as "
+                      "epoch-NNNN.safetensors (default {default}: the last only).", panel=RUN, check=positive)
+
+
+def force_setting():
+    return setting(False, "Start over in an --out that holds a run: the earlier run's checkpoints, metrics and "
+                          "config are set aside, deleted once the new run has written its first checkpoint and put "
+                          "back if it fails before; files sslkit did not write are never touched.", panel=RUN,
+                   flags=("--force",))
+
+
+@dataclass(frozen=True)
+class InputPipeline(Settings):
+    """Where training batches come from (sslkit.data.datapath), and where the run's scalars go."""
+
+    data_path: str = setting(
+        "auto", "Where batches come from. store: the images decoded once into uint8 (a cache file, memory-mapped), "
+                "kept on the GPU or in RAM, and cropped, flipped and coloured on the training device, with no CPU "
+                "work per image. loader: worker processes decode and augment every image each epoch. auto "
+                "(default): the store when it fits in memory (on the GPU, else in RAM), the loader otherwise and "
+                "for RandAugment; decided once per run, recorded and kept by --resume.",
+        panel=DATA, check=one_of("auto", "store", "loader"))
+    store_size: int | None = setting(
+        None, "Short side in pixels of the images in the decoded store (default: the crop size; never enlarged). "
+              "Smaller stores fit more data in memory; crops from them are upsampled more.", panel=DATA,
+        check=pixels)
+    store_on: str = setting(
+        "auto", "Where the decoded store lives: auto (default: the GPU when it fits half its free memory, else "
+                "RAM), device, pinned (page-locked RAM, faster copies to the GPU) or ram.", panel=DATA,
+        check=one_of("auto", "device", "pinned", "ram"))
+    store_dir: str | None = setting(
+        None, "Folder of the decoded stores' cache files (default $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores); a "
+              "fast local disk helps the first epoch.", panel=DATA)
+    logger: str = setting(
+        "jsonl", "Where the run's scalars go besides metrics.jsonl: jsonl (default: only there) or tensorboard "
+                 "(also RUN/tensorboard/, for `tensorboard --logdir RUN`; needs pip install "
+                 "'sslkit[tensorboard]').", panel=RUN, check=one_of("jsonl", "tensorboard"))
+
+
+@dataclass(frozen=True)
+class TrainConfig(InputPipeline):
     """Engine settings shared by every training command. ``None`` means "the method's preset"."""
 
-    epochs: int = 100
-    batch_size: int = 256  # images per optimizer step (all accumulation steps together)
-    lr: float | None = None  # peak learning rate; None: the method's base lr x batch_size / 256
-    min_lr: float | None = None  # lr at the end of the cosine; None: the method's (0 for BYOL)
-    warmup_epochs: float | None = None
-    weight_decay: float | None = None
-    weight_decay_end: float | None = None  # None: constant weight decay
-    optimizer: str | None = None
-    momentum: float = 0.9  # SGD and LARS
-    nesterov: bool = False  # SGD: Nesterov momentum (the semi-supervised fine-tuning recipe)
-    betas: tuple[float, float] | None = None  # AdamW; None: the method's ((0.9, 0.999), MAE (0.9, 0.95))
-    clip_grad: float | None = None  # gradient-norm clipping; 0 disables; None: the method's
-    clip_per_param: bool | None = None  # clip each parameter's gradient norm separately (DINO), not the global one
-    accum_steps: int = 1
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    seed: int = 0
-    workers: int | None = None  # None: chosen for the machine
-    data_path: str = "auto"  # store | loader | auto (sslkit.data.datapath)
-    store_size: int | None = None  # short side of the decoded store's images; None: the crop size
-    store_on: str = "auto"  # device | pinned | ram | auto
-    store_dir: str | None = None  # None: $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores
-    logger: str = "jsonl"  # tensorboard: RUN/tensorboard/ too (sslkit.engine.tensorboard)
-    save_every: int = 1  # epochs
-    log_every: int = 10  # optimizer steps
-    eval_train: str | None = None  # online k-NN during pretraining: labelled memory ...
-    eval_val: str | None = None  # ... and labelled queries
-    eval_every: int = 1  # epochs
-    eval_k: int = 20
-    force: bool = False  # start over in a non-empty run directory
-    keep: int = 1  # periodic checkpoints kept: last.safetensors, plus epoch-NNNN.safetensors when > 1
+    epochs: int = setting(100, "Passes over the data (default {default}).", panel=RUN, check=positive)
+    batch_size: int = setting(256, "Images per optimizer step (default {default}); the default lr scales with it.",
+                              panel=RUN, check=positive)  # all accumulation steps together
+    lr: float | None = setting(None, "Peak learning rate (default: the method's base lr x batch/256).", panel=OPT,
+                               check=positive)
+    min_lr: float | None = setting(None, "Learning rate at the end of the cosine decay (default 0).", panel=OPT,
+                                   check=at_least_zero)
+    warmup_epochs: float | None = setting(None, "Epochs of linear lr warm-up (default: the method's).", panel=OPT,
+                                          check=at_least_zero)
+    weight_decay: float | None = setting(None, "Weight decay on weights (never on biases and norms).", panel=OPT,
+                                         check=at_least_zero)
+    weight_decay_end: float | None = setting(None, "Weight decay at the end of a cosine schedule (default: "
+                                                   "constant).", panel=OPT, check=at_least_zero)
+    optimizer: str | None = setting(None, "lars, adamw or sgd (default: the method's).", panel=OPT,
+                                    check=one_of(*OPTIMIZERS))
+    momentum: float = setting(0.9, "Momentum of SGD and LARS (default {default}).", panel=OPT, check=below_1)
+    nesterov: bool = setting(False)  # SGD: Nesterov momentum (the semi-supervised fine-tuning recipe)
+    betas: tuple[float, float] | None = setting(None, check=each(below_1))  # AdamW; None: the method's
+    clip_grad: float | None = setting(None, "Clip the gradient norm to this (0: off; default: the method's).",
+                                      panel=OPT, check=at_least_zero)
+    clip_per_param: bool | None = setting(None)  # clip each parameter's gradient norm separately (DINO)
+    accum_steps: int = setting(1, "Split each batch into this many passes (same result, less memory).", panel=OPT,
+                               check=positive)
+    device: str = device_setting()
+    precision: str = precision_setting()
+    workers: int | None = workers_setting()
+    compile: bool = setting(False, "torch.compile the training step (faster on GPU after a slow first step).",
+                            panel=HW)
+    seed: int = setting(0, "Seed of weights, data order and augmentation (default {default}).", panel=RUN,
+                        check=seed_range)
+    force: bool = force_setting()
+    keep: int = keep_setting()
+    save_every: int = setting(1, "Write the checkpoint every N epochs (default {default}; always at the end).",
+                              panel=RUN, check=positive)
+    log_every: int = setting(10, "Log to metrics.jsonl every N steps (default {default}).", panel=RUN,
+                             check=positive)  # optimizer steps
+    eval_train: str | None = setting(None, "Labelled folder (one sub-folder per class): the k-NN memory scored "
+                                           "during training.", panel=EVAL, cli=Path, parse=as_text)
+    eval_val: str | None = setting(None, "Labelled folder of k-NN queries; knn_top1 / knn_top5 go to metrics.jsonl "
+                                         "and the progress line.", panel=EVAL, cli=Path, parse=as_text)
+    eval_every: int = setting(1, "Run the k-NN every N epochs (default {default}; always after the last).",
+                              panel=EVAL, check=positive)
+    eval_k: int = setting(20, "Neighbours that vote (default {default}, T = 0.07).", panel=EVAL, check=positive)
+
+    def check(self) -> None:
+        if (self.eval_train is None) != (self.eval_val is None):
+            raise UsageError("online k-NN needs both --eval-train (the labelled memory) and --eval-val (the queries)")
 
 
 # Fields that may change when a run is resumed: they change how it runs, not what it computes.
 OPERATIONAL_FIELDS = {"device", "precision", "compile", "workers", "save_every", "log_every", "eval_train", "eval_val",
                       "eval_every", "eval_k", "force", "keep", "augment_on", "data_path", "store_on", "store_dir",
                       "logger"}
-AUGMENT_ON = ("cpu", "device")
+
+ARCH_HELP = "Any timm model name, e.g. resnet18, resnet50, vit_small_patch16_224."
+IMG_SIZE_HELP = "Side of the training crops in pixels (default {default})."
+AUGMENT_ON_HELP = ("Where the colour augmentations run: cpu (default), or device: jitter, grayscale, blur and "
+                   "solarization on the training GPU, per image, so the CPU workers only decode, crop and flip. For "
+                   "machines whose CPU cannot feed the GPU (watch data_wait in metrics.jsonl).")
 
 
-@dataclass
-class BYOLConfig:
-    arch: str = "resnet50"
-    img_size: int = 224
-    projector_hidden_dim: int = 4096
-    projector_dim: int = 256
-    predictor_hidden_dim: int = 4096
-    tau_base: float | None = None  # None: the official preset for the run length
-    augment_on: str = "cpu"  # device: colour augmentations on the training device (sslkit.data.photometric)
-
-
-@dataclass
-class DINOConfig:
-    """DINO's settings under their official names (facebookresearch/dino main_dino.py); None: the preset's."""
-
-    arch: str = "vit_small_patch16_224"
-    img_size: int = 224  # global crops; local crops are scaled with it (96 px at 224)
-    preset: str = "auto"  # auto: scaled to the data set and run length; imagenet: the official values
-    out_dim: int | None = None
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = True
-    momentum_teacher: float | None = None
-    teacher_temp: float | None = None
-    warmup_teacher_temp: float | None = None
-    warmup_teacher_temp_epochs: int | None = None
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    freeze_last_layer: int = 1  # epochs
-    drop_path_rate: float = 0.1  # student ViT only
-    global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_number: int = 8
-    local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    local_crop_size: int | None = None  # None: img_size x 96/224, a multiple of 16
-    augment_on: str = "cpu"
-
-
-@dataclass
-class MAEConfig:
-    """MAE's settings (He et al. 2022); decoder fields None: sized from the encoder (docs/mae.md)."""
-
-    arch: str = "vit_base_patch16_224"
-    img_size: int = 224
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    decoder_dim: int | None = None
-    decoder_depth: int | None = None
-    decoder_heads: int | None = None
-    blr: float = 1.5e-4  # lr = blr x batch / 256 unless --lr is given
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-
-
-@dataclass
-class ContinueConfig:
+@dataclass(frozen=True)
+class ContinueConfig(Settings):
     """pretrain --continue-from: the weights a new run starts from (not --resume: step 0, fresh schedules)."""
 
-    continue_from: str | None = None  # a run directory or weights file
-    checkpoint_key: str = "teacher"  # the file's network that initialises backbones of another method
-    allow_partial: bool = False
+    continue_from: str | None = setting(
+        None, "Start a new run from these weights: a run, an sslkit or timm .safetensors, an official DINO / MAE "
+              ".pth, a Lightning .ckpt. Heads, centre and decoder come along when the file is this method's; --arch "
+              "defaults to the file's. Not --resume (step 0, fresh schedules).", panel=RUN)
+    checkpoint_key: str = setting(
+        "teacher", "With --continue-from: the file's teacher (default) or student network initialises the "
+                   "backbones when the file is another method's.", panel=RUN, check=one_of(*KEYS))
+    allow_partial: bool = allow_partial_setting()
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
     method: str
     data: str
     out: str
     train: TrainConfig = field(default_factory=TrainConfig)
-    options: Any = None  # the method's own dataclass, e.g. BYOLConfig
+    options: Any = None  # the method's own settings, e.g. sslkit.methods.byol.BYOLConfig
     start: ContinueConfig = field(default_factory=ContinueConfig)
 
     def to_dict(self) -> dict:
@@ -148,56 +188,82 @@ class PretrainConfig:
         }
 
 
-@dataclass
-class FrozenConfig:
+FEATURES = "Features"
+LABELLED = "Labelled folder: one sub-folder per class."
+
+
+@dataclass(frozen=True)
+class FrozenConfig(Settings):
     """An evaluation of frozen features: the model, the labelled folders and how features are taken."""
 
-    model: str
-    train: str
-    val: str
-    img_size: int | None = None
-    batch_size: int = 256
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    checkpoint_key: str = "teacher"
-    seed: int = 0  # fixes the weights of a timm: random-init baseline (and a probe's head)
-    arch: str | None = None  # timm name of a .pth file's model (inferred for ViTs)
-    allow_partial: bool = False  # load the backbone tensors that fit, leave the rest as initialised
-    pool: str = "default"  # default (the model's own) | token | avg
-    n_last_blocks: int | None = None  # ViTs: CLS tokens of the last N blocks; None: the command's default
-    avgpool_patchtokens: bool = False
-    gem_p: float = 4.0  # power of --pool gem
-    cache_dir: str | None = None  # None: $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features
-    cache: bool = True
-    fraction: float = 1.0  # class-balanced share of --train (drawn as finetune --fraction draws it, by --seed)
+    model: str = field(kw_only=True)
+    train: str = field(kw_only=True)
+    val: str = field(kw_only=True)
+    img_size: int | None = setting(None, "Side of the centre crop (default: the model's training size; 224 for "
+                                         "timm:).", check=pixels)
+    batch_size: int = setting(256, "Images per forward pass (default {default}).", check=positive)
+    workers: int | None = workers_setting()
+    device: str = device_setting()
+    precision: str = precision_setting()
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student (the online one).",
+                                  check=one_of(*KEYS))
+    seed: int = setting(0, "Seed of the weights of a timm: random-init baseline and of the --fraction drawn "
+                           "(default {default}).", check=seed_range)
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
+    allow_partial: bool = allow_partial_setting()
+    pool: str = setting("default", "default (CLS token for ViTs, average pool for conv nets), token, avg (mean "
+                                   "patch token) or gem (CLS + GeM p=4 of the patch tokens, copy detection's "
+                                   "descriptor).", panel=FEATURES)
+    n_last_blocks: int | None = setting(None, "ViTs: concatenate the CLS tokens of the last N blocks (DINO's "
+                                              "eval_linear).", panel=FEATURES, check=positive)
+    avgpool_patchtokens: bool = setting(False, "ViTs: append the average patch token of the last block (DINO's "
+                                               "recipe for ViT-B).", panel=FEATURES)
+    gem_p: float = setting(4.0)  # power of --pool gem
+    cache_dir: str | None = setting(None, "Feature cache (default $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features).",
+                                    panel=FEATURES, cli=Path, parse=as_text)
+    cache: bool = setting(True, "Read and write cached features (default on).", panel=FEATURES)
+    fraction: float = setting(1.0, "Share of each class of --train to use, e.g. 0.01 or 0.1 (default 1): the same "
+                                   "images finetune --fraction with the same --seed trains on.", check=share)
 
 
-@dataclass
+@dataclass(frozen=True)
 class KNNConfig(FrozenConfig):
-    k: list[int] = field(default_factory=lambda: [20])
-    temperature: float = 0.07
+    k: list[int] = setting(help="Neighbours that vote (repeat to report several; default 20).",
+                           flags=("--k", "--nb-knn"), check=each(positive), factory=lambda: [20])
+    temperature: float = setting(0.07, "T in the vote weight exp(cos / T) (default {default}).", check=positive)
 
 
 LINEAR_RECIPES = ("dino", "mae")
 
 
-@dataclass
-class LinearConfig(FrozenConfig):
-    """A linear classifier on frozen features: DINO's eval_linear (default) or MAE's main_linprobe recipe."""
+@dataclass(frozen=True)
+class LinearConfig(FrozenConfig, InputPipeline):
+    """A linear classifier on frozen features: DINO's eval_linear (default) or MAE's main_linprobe recipe. The
+    input pipeline's settings are --augment's: where its crops are made."""
 
-    recipe: str = "dino"
-    epochs: int = 100
-    lr: list[float] | None = None  # peak lr of each head; None: the recipe's base lr x batch / 256
-    augment: bool = False  # RandomResizedCrop + flip per epoch (no feature cache for the training set)
-    data_path: str = "auto"  # --augment: where its crops are made (TrainConfig's fields of the same names)
-    store_size: int | None = None
-    store_on: str = "auto"
-    store_dir: str | None = None
-    logger: str = "jsonl"
-    out: str | None = None  # run directory (checkpoints, metrics, curves); None: a temporary one
-    save_every: int = 10
-    force: bool = False  # start over in a non-empty --out
+    recipe: str = setting("dino", "dino (SGD, default) or mae (BatchNorm + LARS).", check=one_of(*LINEAR_RECIPES))
+    epochs: int = setting(100, "Passes over the training set (default {default}).", check=positive)
+    lr: list[float] | None = setting(None, "Peak learning rate of a head; repeat for one head each, chosen on "
+                                           "held-out training labels (default: the recipe's grid x batch/256); one "
+                                           "fixes it.", check=each(positive))
+    augment: bool = setting(False, "Train on random resized crops + flips of the images, recomputing features "
+                                   "(slower, no cache).")
+    out: str | None = setting(None, "Run directory for checkpoints (best and last), metrics.jsonl and curves.png "
+                                    "(default: none kept).", flags=("--out", "-o"), cli=Path, parse=as_text)
+    save_every: int = setting(10, check=positive)
+    force: bool = setting(False, "Start over in a non-empty --out (the earlier run's checkpoints, metrics and config "
+                                 "are deleted).", flags=("--force",))
+
+
+# How the linear probe's --help reads where its fields mean more than the k-NN's.
+LINEAR_HELP = {
+    "batch_size": "Images per step and per forward pass (default 256; small labelled sets step with a smaller "
+                  "batch, about 10 steps per epoch).",
+    "seed": "Seed of the heads, the data order, the held-out slice, the --fraction and a timm: baseline's weights "
+            "(default 0).",
+    "n_last_blocks": "ViTs: concatenate the CLS tokens of the last N blocks (default 4 with --recipe dino, 1 with "
+                     "mae).",
+}
 
 
 @dataclass
@@ -286,63 +352,33 @@ def field_names(cls) -> set[str]:
 def build(cls, values: dict[str, Any]):
     """An instance of the dataclass ``cls`` from the entries of ``values`` that name its fields, each checked
     against the field's type (numbers finite)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kinds = {f.name: kind for f, kind in typed_fields(cls)}
     for name, value in values.items():
-        if name in fields:
-            _check_type(name, fields[name].type, value, "")
-    chosen = {k: _coerce(cls, k, v) for k, v in values.items() if k in fields}
-    return cls(**chosen)
-
-
-def _check_type(name: str, annotation: str, value: Any, source: str) -> None:
-    """``value`` fits the field type ``annotation`` (a string under ``from __future__ import annotations``:
-    'int', 'float | None', 'tuple[float, float] | None', 'list[int]', ...)."""
-    kinds = [kind.strip() for kind in str(annotation).split("|")]
-    if (value is None and "None" in kinds) or any(_fits(kind, value) for kind in kinds if kind != "None"):
-        return
-    expected = " or ".join(_KIND_NAMES.get(kind.split("[")[0], kind) for kind in kinds if kind != "None")
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    where = f"{name} = {shown} in {source}" if source else f"--{name.replace('_', '-')} {shown}"
-    raise UsageError(f"{where} is not {expected}")
-
-
-_KIND_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
-               "tuple": "a list of numbers", "list": "a list"}
-
-
-def _fits(kind: str, value: Any) -> bool:
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind.startswith(("tuple[", "list[")):
-        inner = [part.strip() for part in kind[kind.index("[") + 1 : -1].split(",")]
-        if not isinstance(value, (list, tuple)) or (kind.startswith("tuple") and len(value) != len(inner)):
-            return False
-        return all(_fits(inner[0], item) for item in value)
-    return True  # nested settings and Any: checked where they are built
-
-
-def _coerce(cls, name: str, value: Any) -> Any:
-    if name in ("betas", "global_crops_scale", "local_crops_scale", "crop_scale") and value is not None:
-        return tuple(float(b) for b in value)
-    return value
+        if name in kinds:
+            check_type(name, kinds[name], value)
+    return cls(**{k: v for k, v in values.items() if k in kinds})
 
 
 def check_known(values: dict[str, Any], *classes, source: str | Path | None = None) -> None:
     """Every setting in ``values`` is a field of one of ``classes`` and fits its type; ``source``: the file
     the values come from, named in the message."""
-    fields = {f.name: f for c in reversed(classes) for f in dataclasses.fields(c)}
-    unknown = sorted(set(values) - set(fields))
+    kinds = {f.name: kind for c in reversed(classes) for f, kind in typed_fields(c)}
+    unknown = sorted(set(values) - set(kinds))
     if unknown:
         where = f" in {source}" if source else ""
-        raise UsageError(f"unknown setting(s) {', '.join(unknown)}{where}; known: {', '.join(sorted(fields))}")
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}{where}; known: {', '.join(sorted(kinds))}")
     for name, value in values.items():
-        _check_type(name, fields[name].type, value, str(source or ""))
+        check_type(name, kinds[name], value, str(source or ""))
+
+
+def settings_for(config_file: str | Path | None, given: dict[str, Any], *classes) -> dict[str, Any]:
+    """The flat settings of a command: ``config_file``'s (TOML or JSON), overridden by those ``given`` that are
+    not None, each a field of one of ``classes`` and of its type."""
+    values = load_file(config_file) if config_file else {}
+    check_known(values, *classes, source=config_file)
+    values.update({k: v for k, v in given.items() if v is not None})
+    check_known(values, *classes)
+    return values
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -434,61 +470,24 @@ def _toml_loads(text: str) -> dict:
     return tomllib.loads(text)
 
 
-def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not '{value}'")
-    return value
-
-
 def _positive(name: str, value, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "0 or more" if allow_zero else "positive"
-        raise UsageError(f"--{name.replace('_', '-')} must be {bound}, not {value}")
-
-
-MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 8192  # pixels: the smallest input a patch-16 ViT or a ResNet takes; memory
+    if value is not None:
+        (at_least_zero if allow_zero else positive)(name, value)
 
 
 def check_fields(settings) -> None:
     """Every field of the dataclass instance ``settings`` fits its declared type (numbers finite)."""
-    for f in dataclasses.fields(settings):
-        _check_type(f.name, f.type, getattr(settings, f.name), "")
+    for f, kind in typed_fields(type(settings)):
+        check_type(f.name, kind, getattr(settings, f.name))
 
 
 def check_img_size(name: str, value: int | None) -> None:
-    _positive(name, value)
-    if value is not None and not MIN_IMG_SIZE <= value <= MAX_IMG_SIZE:
-        raise UsageError(f"--{name.replace('_', '-')} must lie in {MIN_IMG_SIZE}..{MAX_IMG_SIZE} pixels, not {value}")
+    if value is not None:
+        pixels(name, value)
 
 
 def check_seed(value: int) -> None:
-    if not 0 <= value < 2**32:  # numpy's seeds (timm's mixup, RandAugment) are 32-bit
-        raise UsageError(f"--seed must lie in 0..{2**32 - 1}, not {value}")
-
-
-def _unit_interval(name: str, value: float | None, closed: bool = True) -> None:
-    if value is not None and not (0 <= value <= 1 if closed else 0 <= value < 1):
-        raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1{']' if closed else ')'}, not {value}")
-
-
-def validate_train(train: TrainConfig) -> None:
-    check_fields(train)
-    check_seed(train.seed)
-    _unit_interval("momentum", train.momentum, closed=False)
-    for beta in train.betas or ():
-        _unit_interval("betas", beta, closed=False)
-    choice("device", train.device, DEVICES)
-    choice("precision", train.precision, PRECISIONS)
-    choice("optimizer", train.optimizer, OPTIMIZERS)
-    check_data_path(train)
-    for name in ("epochs", "batch_size", "accum_steps", "save_every", "log_every", "lr", "eval_every", "eval_k", "keep"):
-        _positive(name, getattr(train, name))
-    if (train.eval_train is None) != (train.eval_val is None):
-        raise UsageError("online k-NN needs both --eval-train (the labelled memory) and --eval-val (the queries)")
-    for name in ("min_lr", "warmup_epochs", "weight_decay", "weight_decay_end", "clip_grad", "workers"):
-        _positive(name, getattr(train, name), allow_zero=True)
+    seed_range("seed", value)
 
 
 def validate_frozen(options: FrozenConfig) -> None:
@@ -506,14 +505,6 @@ def validate_frozen(options: FrozenConfig) -> None:
 def check_fraction(fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise UsageError(f"--fraction must lie in (0, 1], not {fraction}")
-
-
-def validate_knn(options: KNNConfig) -> None:
-    validate_frozen(options)
-    check_fraction(options.fraction)
-    for k in options.k:
-        _positive("k", k)
-    _positive("temperature", options.temperature)
 
 
 def validate_copydetect(options: CopyDetectConfig) -> None:
@@ -538,25 +529,6 @@ def validate_benchmark(options: BenchmarkConfig, attacks: int) -> None:
         raise UsageError(f"--quality must lie in 1..100, not {options.quality}")
 
 
-def check_data_path(settings) -> None:
-    """The input pipeline's settings of a TrainConfig or LinearConfig (sslkit.data.datapath)."""
-    choice("data_path", settings.data_path, ("auto", "store", "loader"))
-    choice("store_on", settings.store_on, ("auto", "device", "pinned", "ram"))
-    choice("logger", settings.logger, ("jsonl", "tensorboard"))
-    check_img_size("store_size", settings.store_size)
-
-
-def validate_linear(options: LinearConfig) -> None:
-    validate_frozen(options)
-    check_fraction(options.fraction)
-    check_data_path(options)
-    choice("recipe", options.recipe, LINEAR_RECIPES)
-    for name in ("epochs", "save_every"):
-        _positive(name, getattr(options, name))
-    for lr in options.lr or []:
-        _positive("lr", lr)
-
-
 def validate_finetune(options: FinetuneConfig) -> None:
     check_fields(options)
     check_img_size("img_size", options.img_size)
@@ -572,48 +544,3 @@ def validate_finetune(options: FinetuneConfig) -> None:
         value = getattr(options, name)
         if value is not None and value > 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at most 1, not {value}")
-
-
-def validate_byol(options: BYOLConfig) -> None:
-    check_fields(options)
-    check_img_size("img_size", options.img_size)
-    choice("augment_on", options.augment_on, AUGMENT_ON)
-    for name in ("projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
-        _positive(name, getattr(options, name))
-    if options.tau_base is not None and not 0 <= options.tau_base <= 1:
-        raise UsageError(f"--tau-base must lie between 0 and 1, not {options.tau_base}")
-
-
-def validate_dino(options: DINOConfig) -> None:
-    check_fields(options)
-    check_img_size("img_size", options.img_size)
-    check_img_size("local_crop_size", options.local_crop_size)
-    choice("preset", options.preset, ("auto", "imagenet"))
-    choice("augment_on", options.augment_on, AUGMENT_ON)
-    for name in ("out_dim", "hidden_dim", "bottleneck_dim", "teacher_temp", "warmup_teacher_temp",
-                 "student_temp"):
-        _positive(name, getattr(options, name))
-    for name in ("warmup_teacher_temp_epochs", "freeze_last_layer", "local_crops_number", "drop_path_rate"):
-        _positive(name, getattr(options, name), allow_zero=True)
-    for name in ("momentum_teacher", "center_momentum"):
-        value = getattr(options, name)
-        if value is not None and not 0 <= value <= 1:
-            raise UsageError(f"--{name.replace('_', '-')} must lie between 0 and 1, not {value}")
-    for name in ("global_crops_scale", "local_crops_scale"):
-        low, high = getattr(options, name)
-        if not 0 < low <= high <= 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be two numbers with 0 < MIN <= MAX <= 1")
-
-
-def validate_mae(options: MAEConfig) -> None:
-    check_fields(options)
-    check_img_size("img_size", options.img_size)
-    for name in ("decoder_dim", "decoder_depth", "decoder_heads", "blr"):
-        _positive(name, getattr(options, name))
-    if not 0 < options.mask_ratio < 1:
-        raise UsageError(f"--mask-ratio must lie strictly between 0 and 1, not {options.mask_ratio}")
-    if options.decoder_dim and options.decoder_heads and options.decoder_dim % options.decoder_heads:
-        raise UsageError(f"--decoder-dim {options.decoder_dim} is not divisible by --decoder-heads {options.decoder_heads}")
-    low, high = options.crop_scale
-    if not 0 < low <= high <= 1:
-        raise UsageError("--crop-scale must be two numbers with 0 < MIN <= MAX <= 1")

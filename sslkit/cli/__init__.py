@@ -35,9 +35,23 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Self-supervised pretraining, evaluation and inspection of image encoders."""
+
+
+def command_line(args: list[str]) -> list[str]:
+    """What ``main`` hands Typer for the command line ``args``: ``dashed``, then ``default_commands``."""
+    return default_commands(dashed(args))
+
+
+def default_commands(args: list[str]) -> list[str]:
+    """``copydetect MODEL ...`` -> ``copydetect search MODEL ...``: a group with a default command (Typer has no
+    such thing) followed by anything but one of its commands or --help gets the default command's name."""
+    if len(args) > 1 and args[0] == "copydetect" and args[1] not in (*copydetect.COMMANDS, "--help", "-h"):
+        return [args[0], copydetect.DEFAULT_COMMAND, *args[1:]]
+    return args
 
 
 def dashed(args: list[str]) -> list[str]:
@@ -57,7 +71,7 @@ def main() -> None:
     # not standalone: a command line Typer rejects comes back here to be told in one line; typer.Exit comes
     # back as its exit code
     try:
-        code = app(args=dashed(sys.argv[1:]), prog_name="sslkit", standalone_mode=False)
+        code = app(args=command_line(sys.argv[1:]), prog_name="sslkit", standalone_mode=False)
     except typer.TyperException as error:  # Typer's (vendored) Click exceptions derive from it
         code = command_line_error(error)
     except typer.Abort:  # end of input at a prompt

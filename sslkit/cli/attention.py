@@ -13,13 +13,18 @@ from sslkit.cli.common import AllowPartial, Device, JsonOut, OutputForce, Quiet,
 
 
 def attention(
-    model: Annotated[str, typer.Argument(help="A ViT: a run directory, an sslkit .safetensors, an official DINO / MAE .pth, or timm:ARCH.")],
+    model: Annotated[str, typer.Argument(
+        help="A ViT: a run directory, an sslkit .safetensors, an official DINO / MAE .pth, or timm:ARCH.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder of PNGs per image, and attention.json.")],
-    img_size: Annotated[int, typer.Option(help="Short side the images are resized to before cropping to multiples of the patch size.")] = 480,
-    threshold: Annotated[Optional[float], typer.Option(help="Also draw the masks keeping this share of the attention mass (DINO uses 0.6).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder: one sub-folder of PNGs per image, and attention.json.")],
+    img_size: Annotated[int, typer.Option(
+        help="Short side the images are resized to before cropping to multiples of the patch size.")] = 480,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Also draw the masks keeping this share of the attention mass (DINO uses 0.6).")] = None,
     checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
-    arch: Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
     pos_resample: Annotated[Optional[str], typer.Option(
         help="How the position embedding is resampled to an image's patch grid: dino (bicubic with DINO's +0.1 "
              "scale factors, as DINO's visualize_attention.py does) or timm (antialiased bicubic to the exact "

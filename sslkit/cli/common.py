@@ -62,12 +62,15 @@ OutputForce = Annotated[bool, typer.Option(
 Keep = Annotated[Optional[int], typer.Option(
     help="Periodic checkpoints to keep: besides checkpoints/last.safetensors, the newest K as "
          "epoch-NNNN.safetensors (default 1: the last only).", rich_help_panel=RUN)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (results still go to --json).")]
-DryRun = Annotated[bool, typer.Option(
-    "--dry-run", help="Train nothing: resolve every setting exactly as the run would (presets, lr scaled with the "
-                      "batch, warm-up, the data set's size and path), print them with each schedule's start, peak "
-                      "and end, and draw RUN/schedules.png when --out is new or empty. Never touches an existing "
-                      "run; command line only, never from --config.", rich_help_panel=RUN)]
+QUIET_HELP = "Print nothing but errors (results still go to --json)."
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
+DRY_RUN_HELP = ("Train nothing: resolve every setting exactly as the run would (presets, lr scaled with the batch, "
+                "warm-up, the data set's size and path), print them with each schedule's start, peak and end, and "
+                "draw RUN/schedules.png when --out is new or empty. Never touches an existing run; command line "
+                "only, never from --config.")
+DryRun = Annotated[bool, typer.Option("--dry-run", help=DRY_RUN_HELP, rich_help_panel=RUN)]
+
+
 def writable_file(path: Path | None) -> Path | None:
     """An option's callback: an output file that cannot be written is refused while the command line is read,
     before any work."""
@@ -79,8 +82,8 @@ def writable_file(path: Path | None) -> Path | None:
     return path
 
 
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.",
-                                                 callback=writable_file)]
+JSON_HELP = "Also write the results as JSON to this file."
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help=JSON_HELP, callback=writable_file)]
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
 
 from sslkit import console
 from sslkit.cli.common import (AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors,
@@ -16,13 +15,9 @@ from sslkit.cli.common import (AllowPartial, Device, JsonOut, Precision, Quiet, 
 from sslkit.cli.probe import Arch, Cache, CacheDir, CheckpointKey, Model, Seed
 
 
-class _SearchByDefault(TyperGroup):
-    """``copydetect MODEL ...`` runs the ``search`` command; ``copydetect make-benchmark ...`` the other one."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["search", *args]
-        return super().parse_args(ctx, args)
+SEARCH, MAKE_BENCHMARK = "search", "make-benchmark"
+# ``copydetect MODEL ...`` runs ``search`` (the default command): sslkit.cli.command_line inserts its name
+DEFAULT_COMMAND, COMMANDS = SEARCH, (SEARCH, MAKE_BENCHMARK)
 
 
 SEARCH_HELP = (
@@ -40,7 +35,7 @@ SEARCH_HELP = (
 
 
 app = typer.Typer(
-    cls=_SearchByDefault, no_args_is_help=True,
+    no_args_is_help=True,
     help="Copy detection scored by mAP, and a strong-attack benchmark maker.\n\n"
          "sslkit copydetect MODEL --database DIR --queries DIR ... searches (see: sslkit copydetect search --help); "
          "sslkit copydetect make-benchmark SRC OUT builds a benchmark.",
@@ -55,30 +50,52 @@ FEATURES = "Features"
 
 
 @app.command(
+    name=SEARCH,
     short_help="Search --database for copies of each query; mAP with --ground-truth (the default command).",
     help=SEARCH_HELP,
     epilog=examples(
-        "sslkit copydetect runs/dino --database bench/database --queries bench/queries --ground-truth bench/ground_truth.csv",
+        "sslkit copydetect runs/dino --database bench/database --queries bench/queries "
+        "--ground-truth bench/ground_truth.csv",
         "sslkit copydetect dino_vitbase8_pretrain.pth --database copydays/original --queries copydays/strong "
         "--ground-truth copydays --whiten yfcc20k/ --distractors yfcc10k/ --top-k 20",
         "sslkit copydetect runs/dino --database photos/ --queries photos/ --min-score 0.9 --matches duplicates.csv",
-        "sslkit copydetect pixels:16 --database bench/database --queries bench/queries --ground-truth bench/ground_truth.csv",
+        "sslkit copydetect pixels:16 --database bench/database --queries bench/queries "
+        "--ground-truth bench/ground_truth.csv",
     ),
 )
 def search(
     model: Model,
-    database: Annotated[Path, typer.Option(help="Folder of the images searched (the originals).", rich_help_panel=DATA)],
+    database: Annotated[Path, typer.Option(
+        help="Folder of the images searched (the originals).", rich_help_panel=DATA)],
     queries: Annotated[Path, typer.Option(help="Folder of the query images (the copies).", rich_help_panel=DATA)],
-    distractors: Annotated[Optional[Path], typer.Option(help="Folder of more database images that are copies of nothing.", rich_help_panel=DATA)] = None,
-    whiten: Annotated[Optional[Path], typer.Option(help="Folder to learn the PCA whitening on: images like the database's, none of them queries (DINO: 20k web photos). Usually worth several mAP points.", rich_help_panel=DATA)] = None,
-    ground_truth: Annotated[Optional[str], typer.Option(help="CSV / TSV of query,original[,original...] (or with a header: query, original, attacks); copydays (a query and its original share the first 4 characters of their names) or prefix:N. Without it, matches only.", rich_help_panel=DATA)] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Matches kept per query; the scores use this list (DINO's evaluation: 20). Default 10.")] = None,
-    matches: Annotated[Optional[Path], typer.Option(help="Write the ranked matches as CSV: query,match,score,rank[,copy].", callback=writable_file)] = None,
-    min_score: Annotated[Optional[float], typer.Option(help="--matches keeps only pairs with at least this cosine similarity (e.g. 0.9 to list near-duplicates).")] = None,
-    whiten_power: Annotated[Optional[float], typer.Option(help="Whitening power: 0.5 whitens fully (default), smaller values only flatten the spectrum.", rich_help_panel=FEATURES)] = None,
-    gem_p: Annotated[Optional[float], typer.Option(help="Power of the GeM pooling of the patch tokens (default 4; 1 is average pooling).", rich_help_panel=FEATURES)] = None,
-    pool: Annotated[Optional[str], typer.Option(help="gem (DINO's CLS + GeM descriptor, default), or default / token / avg as the probes take them.", rich_help_panel=FEATURES)] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square (default 320, DINO's; a multiple of a ViT's patch size).", rich_help_panel=FEATURES)] = None,
+    distractors: Annotated[Optional[Path], typer.Option(
+        help="Folder of more database images that are copies of nothing.", rich_help_panel=DATA)] = None,
+    whiten: Annotated[Optional[Path], typer.Option(
+        help="Folder to learn the PCA whitening on: images like the database's, none of them queries (DINO: 20k web "
+             "photos). Usually worth several mAP points.", rich_help_panel=DATA)] = None,
+    ground_truth: Annotated[Optional[str], typer.Option(
+        help="CSV / TSV of query,original[,original...] (or with a header: query, original, attacks); copydays (a "
+             "query and its original share the first 4 characters of their names) or prefix:N. Without it, matches "
+             "only.", rich_help_panel=DATA)] = None,
+    top_k: Annotated[Optional[int], typer.Option(
+        help="Matches kept per query; the scores use this list (DINO's evaluation: 20). Default 10.")] = None,
+    matches: Annotated[Optional[Path], typer.Option(
+        help="Write the ranked matches as CSV: query,match,score,rank[,copy].", callback=writable_file)] = None,
+    min_score: Annotated[Optional[float], typer.Option(
+        help="--matches keeps only pairs with at least this cosine similarity (e.g. 0.9 to list "
+             "near-duplicates).")] = None,
+    whiten_power: Annotated[Optional[float], typer.Option(
+        help="Whitening power: 0.5 whitens fully (default), smaller values only flatten the spectrum.",
+        rich_help_panel=FEATURES)] = None,
+    gem_p: Annotated[Optional[float], typer.Option(
+        help="Power of the GeM pooling of the patch tokens (default 4; 1 is average pooling).",
+        rich_help_panel=FEATURES)] = None,
+    pool: Annotated[Optional[str], typer.Option(
+        help="gem (DINO's CLS + GeM descriptor, default), or default / token / avg as the probes take them.",
+        rich_help_panel=FEATURES)] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        help="Images are resized to this square (default 320, DINO's; a multiple of a ViT's patch size).",
+        rich_help_panel=FEATURES)] = None,
     checkpoint_key: CheckpointKey = None,
     arch: Arch = None,
     allow_partial: AllowPartial = False,
@@ -116,7 +133,8 @@ def _show(results: dict) -> None:
     whitening = f", whitened on {results['whitening']['images']} images" if results["whitening"] else ""
     console.stdout.print(
         f"copy detection with {results['description']}: {results['num_queries']} queries, "
-        f"{results['num_database']} database + {results['num_distractors']} distractor images, {results['img_size']} px, "
+        f"{results['num_database']} database + {results['num_distractors']} distractor images, "
+        f"{results['img_size']} px, "
         f"{results['descriptor']} ({results['dim']}-d){whitening}",
         soft_wrap=True, markup=False,
     )
@@ -144,12 +162,13 @@ def _show(results: dict) -> None:
         examples_table.add_row(example["query"], example["match"], f"{example['score']:.3f}", *flag)
     console.stdout.print(examples_table)
     per_1000 = results["per_1000_database_s"]
-    console.stdout.print(f"{per_1000:.2f} s per 1,000 database images; peak memory {results['peak_memory_mb']['process']:.0f} MB"
+    console.stdout.print(f"{per_1000:.2f} s per 1,000 database images; "
+                         f"peak memory {results['peak_memory_mb']['process']:.0f} MB"
                          + (f"; matches in {results['matches']}" if results["matches"] else ""), markup=False)
 
 
 @app.command(
-    name="make-benchmark",
+    name=MAKE_BENCHMARK,
     short_help="Build a strong-attack copy-detection benchmark from any folder of images.",
     help=(
         "Build a Copydays-\"strong\"-like copy-detection benchmark from any folder of images (use images your model "
@@ -162,22 +181,30 @@ def _show(results: dict) -> None:
     ),
     epilog=examples(
         "sslkit copydetect make-benchmark photos/ bench/",
-        "sslkit copydetect make-benchmark photos/ bench/ --originals 500 --copies 3 --distractors 5000 --whiten 2000 --seed 1",
+        "sslkit copydetect make-benchmark photos/ bench/ --originals 500 --copies 3 --distractors 5000 "
+        "--whiten 2000 --seed 1",
     ),
 )
 def make_benchmark(
     source: Annotated[Path, typer.Argument(help="Folder of source images (searched recursively; labels ignored).")],
-    out: Annotated[Path, typer.Argument(help="Output folder: new or empty, or with --force an earlier benchmark (never a folder of other files, and never SRC or a folder in or around it).")],
-    originals: Annotated[Optional[int], typer.Option(help="Originals in the database (default: 150, or fewer if SRC is small).")] = None,
+    out: Annotated[Path, typer.Argument(
+        help="Output folder: new or empty, or with --force an earlier benchmark (never a folder of other files, and "
+             "never SRC or a folder in or around it).")],
+    originals: Annotated[Optional[int], typer.Option(
+        help="Originals in the database (default: 150, or fewer if SRC is small).")] = None,
     copies: Annotated[Optional[int], typer.Option(help="Strong copies (queries) per original (default 2).")] = None,
-    distractors: Annotated[Optional[int], typer.Option(help="Extra database images that no query copies (default 0).")] = None,
-    whiten: Annotated[Optional[int], typer.Option(help="Images set aside to learn the whitening on (default 0).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(help="Longer side of the written images (default 512; 0 keeps the source size).")] = None,
+    distractors: Annotated[Optional[int], typer.Option(
+        help="Extra database images that no query copies (default 0).")] = None,
+    whiten: Annotated[Optional[int], typer.Option(
+        help="Images set aside to learn the whitening on (default 0).")] = None,
+    max_size: Annotated[Optional[int], typer.Option(
+        help="Longer side of the written images (default 512; 0 keeps the source size).")] = None,
     min_attacks: Annotated[Optional[int], typer.Option(help="Fewest attacks per copy (default 2).")] = None,
     max_attacks: Annotated[Optional[int], typer.Option(help="Most attacks per copy (default 4).")] = None,
     quality: Annotated[Optional[int], typer.Option(help="JPEG quality of the written files (default 90).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Which images and attacks are drawn (default 0).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it holds an earlier benchmark (and nothing else).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace OUT if it holds an earlier benchmark (and nothing else).")] = False,
     workers: Workers = None,
     json_path: JsonOut = None,
     quiet: Quiet = False,

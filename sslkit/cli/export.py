@@ -16,12 +16,18 @@ def export(
     model: Model,
     out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write (atomically).",
                                       callback=writable_file)],
-    format: Annotated[str, typer.Option("--format", help="timm (a plain state dict in timm names, default) or sslkit (an sslkit checkpoint of the backbone alone).")] = "timm",
+    format: Annotated[str, typer.Option(
+        "--format",
+        help="timm (a plain state dict in timm names, default) or sslkit (an sslkit checkpoint of the "
+             "backbone alone).")] = "timm",
     checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
     arch: Arch = None,
     allow_partial: AllowPartial = False,
-    licence: Annotated[Optional[str], typer.Option(help="The weights' licence, written to the metadata (default: the imported weights' when known, e.g. MAE's CC-BY-NC-4.0).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="ViTs: resample the position embedding for this image size (default: the trained size).")] = None,
+    licence: Annotated[Optional[str], typer.Option(
+        help="The weights' licence, written to the metadata (default: the imported weights' when known, e.g. MAE's "
+             "CC-BY-NC-4.0).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        help="ViTs: resample the position embedding for this image size (default: the trained size).")] = None,
     json_path: JsonOut = None,
     quiet: Quiet = False,
 ):
@@ -52,7 +58,8 @@ HELP = (
     "training state.\n\n"
     "--format timm writes a plain state dict in timm names, with metadata (arch, img_size, patch_size, mean / "
     "std, pooling, method, step, source, and the licence of imported weights): timm.create_model(ARCH, "
-    "pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=FILE)) loads it (pass img_size= for a ViT trained at another size), and "
+    "pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=FILE)) loads it (pass img_size= for a ViT "
+    "trained at another size), and "
     "every sslkit command takes it as MODEL. --format sslkit writes an sslkit checkpoint of the backbone alone."
 )
 EPILOG = examples(

@@ -13,13 +13,22 @@ from sslkit.cli.common import Device, JsonOut, OutputForce, Quiet, examples, han
 
 
 def reconstruct(
-    model: Annotated[str, typer.Argument(help="An MAE with its decoder: a run directory, an sslkit MAE .safetensors, or an official mae_visualize_vit_*.pth / mae_pretrain_vit_*_full.pth.")],
+    model: Annotated[str, typer.Argument(
+        help="An MAE with its decoder: a run directory, an sslkit MAE .safetensors, or an official "
+             "mae_visualize_vit_*.pth / mae_pretrain_vit_*_full.pth.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one PNG strip per image, and reconstruct.json.")],
-    mask_ratio: Annotated[Optional[float], typer.Option(help="Share of patches hidden from the encoder (default: the model's, 0.75).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder: one PNG strip per image, and reconstruct.json.")],
+    mask_ratio: Annotated[Optional[float], typer.Option(
+        help="Share of patches hidden from the encoder (default: the model's, 0.75).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random mask: the same seed hides the same patches.")] = 0,
-    img_size: Annotated[Optional[int], typer.Option(help="Side the images are resized and centre-cropped to (default: the model's training size; any multiple of the patch size).")] = None,
-    norm_pix_loss: Annotated[Optional[bool], typer.Option("--norm-pix-loss/--no-norm-pix-loss", help="Whether the model predicts per-patch-normalised pixels (default: from the run; for .pth files off for mae_visualize_* and on otherwise).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(
+        help="Side the images are resized and centre-cropped to (default: the model's training size; any multiple of "
+             "the patch size).")] = None,
+    norm_pix_loss: Annotated[Optional[bool], typer.Option(
+        "--norm-pix-loss/--no-norm-pix-loss",
+        help="Whether the model predicts per-patch-normalised pixels (default: from the run; for .pth files off for "
+             "mae_visualize_* and on otherwise).")] = None,
     device: Device = None,
     force: OutputForce = False,
     json_path: JsonOut = None,

@@ -302,7 +302,8 @@ def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm", licenc
     metadata = {
         "arch": loaded.arch, "img_size": str(loaded.img_size), "patch_size": str(patch_size(module) or ""),
         "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
-        "pooling": str(getattr(module, "global_pool", "token")) if is_vit(module) else "avg", "method": loaded.method or "none",
+        "pooling": str(getattr(module, "global_pool", "token")) if is_vit(module) else "avg",
+        "method": loaded.method or "none",
         "step": loaded.step, "source": loaded.source, "sslkit_version": __version__,
         **({"licence": licence} if licence else {}),
     }

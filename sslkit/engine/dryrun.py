@@ -21,7 +21,7 @@ from sslkit.data.datapath import describe as describe_data_path
 from sslkit.data.loader import default_workers
 from sslkit.engine import checkpoint as ckpt, distributed, rundir
 from sslkit.engine.device import resolve_device, run_precision
-from sslkit.engine.method import Progress
+from sslkit.engine.method import Progress, hook
 from sslkit.engine.schedules import resumed_step, step_plan, step_values
 from sslkit.errors import UsageError, WriteFailed
 from sslkit.visualize.schedules import PLAN_NAME, write_schedules
@@ -92,8 +92,8 @@ def values_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, met
     """What the run logs under ``"step": step + 1``: the values optimizer step ``step`` (from 0) uses."""
     progress = Progress(step, total, step // steps_per_epoch, steps_per_epoch)
     lr, weight_decay = step_values(cfg, step, total, steps_per_epoch)
-    scheduled = getattr(method, "scheduled", None)  # BYOL's tau, DINO's momentum and teacher temperature
-    return {"lr": lr, "weight_decay": weight_decay, **(scheduled(progress) if scheduled else {})}
+    scheduled = hook(method, "scheduled")(progress) if method is not None else {}  # BYOL's tau, DINO's temperature
+    return {"lr": lr, "weight_decay": weight_decay, **scheduled}
 
 
 def schedule_arrays(cfg: TrainConfig, steps_per_epoch: int, total: int, method=None) -> dict[str, list]:

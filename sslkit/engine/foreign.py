@@ -11,7 +11,7 @@ from pathlib import Path
 import timm
 import torch
 
-from sslkit.config import MAX_IMG_SIZE
+from sslkit.settings import MAX_IMG_SIZE
 from sslkit.engine.picklescan import check_torch_file
 from sslkit.errors import UsageError
 
@@ -76,7 +76,8 @@ _BUILTINS = {
     "builtins.bytes": Builtin(bytes, (str, bytes, list, tuple), 3,  # bytes(n) is n zero bytes
                               "a str, bytes or list, never an int (a length)"),
 }
-_ATTRIBUTE_DICTS = ("lightning.fabric.utilities.data.AttributeDict", "pytorch_lightning.utilities.parsing.AttributeDict")
+_ATTRIBUTE_DICTS = ("lightning.fabric.utilities.data.AttributeDict",
+                    "pytorch_lightning.utilities.parsing.AttributeDict")
 
 
 def _stand_in(name: str):

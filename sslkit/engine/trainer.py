@@ -8,16 +8,13 @@ the lr / weight-decay schedules, checkpoints, resume, signals and the progress d
 from __future__ import annotations
 
 import json
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sslkit import console, files
@@ -26,13 +23,19 @@ from sslkit.data.datapath import describe as describe_data_path
 from sslkit.data.device_views import StoreViews
 from sslkit.data.loader import EpochSampler, default_workers, make_loader
 from sslkit.data.photometric import apply_photometric, finish_views
-from sslkit.engine import checkpoint as ckpt, distributed, rundir, tensorboard
+from sslkit.data.transfer import batch_size
+from sslkit.engine import checkpoint as ckpt, distributed, rundir
+from sslkit.engine.announce import run_line
+from sslkit.engine.clipping import clip_gradients
 from sslkit.engine.device import Precision, resolve_device, run_precision
-from sslkit.engine.method import Method, Progress, StepOutput
+from sslkit.engine.evaluation import EvalContext, Evaluation
+from sslkit.engine.method import Method, Progress, StepOutput, hook, metadata
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.progress import MetricsLog, ProgressDisplay, peak_memory_mb
-from sslkit.engine.rng import rng_state, set_rng_state
+from sslkit.engine.resume import pack_state, restore_state
 from sslkit.engine.schedules import resumed_step, step_plan, step_values
+from sslkit.engine.signals import exit_code, stop_signals
+from sslkit.engine.tensorboard import metric_sinks
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 
 
@@ -46,22 +49,6 @@ class Window:
     images: int = 0
     data_wait: float = 0.0
     start: float = 0.0
-
-
-@dataclass
-class Evaluation:
-    """Scores computed after every ``every`` epochs and after the last: online k-NN, a probe's val accuracy.
-
-    ``score`` runs with the model in eval mode and without gradients. With ``best`` (a key of the scores),
-    ``checkpoints/best.safetensors`` keeps the state at which that score was highest. With torchrun, a
-    ``sharded`` score runs in every process (it shares out the work and returns the same scores in all);
-    otherwise the first process scores while the others wait.
-    """
-
-    score: Callable[[], dict[str, float]]
-    every: int = 1
-    best: str | None = None
-    sharded: bool = False
 
 
 class Trainer:
@@ -104,18 +91,15 @@ class Trainer:
         self.compiled = cfg.compile
         self.train_step = torch.compile(method.training_step) if cfg.compile else method.training_step
         self.to_device = partial(finish_views, device=self.device, apply=photometric)
-        self.ddp = None  # with torchrun: the step wrapped so that backward all-reduces the gradients
-        if self.dist.enabled:
-            self.ddp = DistributedDataParallel(
-                _Step(self.method, self.train_step),
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            )
+        # with torchrun: the step wrapped so that backward all-reduces the gradients
+        self.ddp = distributed.wrap_step(self.method, self.train_step, self.device) if self.dist.enabled else None
         self.step = 0  # optimizer steps done
         self.first_bad_step = torch.full((), -1, device=self.device)
         self.checkpoint_path = self.out / "checkpoints" / "last.safetensors"
         self.best_path = self.out / "checkpoints" / "best.safetensors"
         self.best: dict | None = None  # {"key", "value", "epoch", "step"} of the best evaluation so far
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main, sinks=_sinks(cfg, self.out))
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main,
+                                  sinks=metric_sinks(cfg.logger, self.out))
         self.aside: Path | None = None  # --force: the earlier run's files until this run's first checkpoint
 
     # ---------------------------------------------------------------- the loop
@@ -123,7 +107,8 @@ class Trainer:
         saved = self._saved_metadata() if resume else None
         self.precision, self.precision_note = run_precision(self.cfg.precision, self.device, saved)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
-        self.run_config = {**self.run_config, "decided": {**self.run_config.get("decided", {}), **self.precision.record()}}
+        decided = {**self.run_config.get("decided", {}), **self.precision.record()}
+        self.run_config = {**self.run_config, "decided": decided}
         if not self.is_main:
             return self._train(resume, saved)
         with rundir.locked(self.out):  # one run at a time writes here
@@ -148,7 +133,7 @@ class Trainer:
             files.write_json(self.out / "config.json", self.run_config)
         self._announce()
         start_epoch = self.step // self.steps_per_epoch
-        with _stop_signals() as stop, ProgressDisplay(self.total_steps, self.step, self.cfg.epochs) as display:
+        with stop_signals() as stop, ProgressDisplay(self.total_steps, self.step, self.cfg.epochs) as display:
             for epoch in range(start_epoch, self.cfg.epochs):
                 done_in_epoch = self.step - epoch * self.steps_per_epoch
                 self.sampler.set_epoch(epoch, start=done_in_epoch * self.cfg.batch_size)
@@ -164,7 +149,8 @@ class Trainer:
                 if stopping:
                     self._interrupt(stop, f"interrupted after epoch {epoch + 1}; resume with --resume")
         distributed.barrier()  # every process returns once the last checkpoint is written
-        return {"steps": self.step, "checkpoint": str(self.checkpoint_path), **({"best": self.best} if self.best else {})}
+        best = {"best": self.best} if self.best else {}
+        return {"steps": self.step, "checkpoint": str(self.checkpoint_path), **best}
 
     def _stopping(self, stop: dict) -> bool:
         """Whether to stop now: a signal in this process or, with torchrun, in any (all stop at the same step)."""
@@ -173,7 +159,7 @@ class Trainer:
 
     def _interrupt(self, stop: dict, message: str) -> None:
         distributed.barrier()
-        raise Interrupted(message, 128 + (stop["signal"] or signal.SIGTERM))
+        raise Interrupted(message, exit_code(stop["signal"]))
 
     def _run_epoch(self, epoch: int, stop: dict, display: ProgressDisplay) -> None:
         window = self._new_window()
@@ -184,19 +170,19 @@ class Trainer:
             window.data_wait += time.perf_counter() - fetched
             progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
             if micro % self.cfg.accum_steps == 0:
-                self.method.start_step(progress)
+                hook(self.method, "start_step")(progress)
             last_pass = (micro + 1) % self.cfg.accum_steps == 0
             out = self._forward_backward(self.to_device(batch), last_pass)
             window.loss += out.loss.detach() / self.cfg.accum_steps
             for name, value in out.logs.items():
                 window.logs[name] = window.logs.get(name, 0) + value.detach() / self.cfg.accum_steps
-            window.images += _batch_size(batch)
+            window.images += batch_size(batch)
             micro += 1
             if micro % self.cfg.accum_steps:
                 fetched = time.perf_counter()
                 continue
             lr, weight_decay = self._optimizer_step(progress)
-            updates = self.method.after_optimizer_step(progress)
+            updates = hook(self.method, "after_optimizer_step")(progress)
             self.step += 1
             window.steps += 1
             display.advance(epoch)
@@ -220,7 +206,7 @@ class Trainer:
     def _evaluate(self, epoch: int, display: ProgressDisplay) -> bool:
         """Run the evaluation when it is due; whether it set a new best."""
         evaluation = self.evaluation
-        if evaluation is None or ((epoch + 1) % evaluation.every and epoch + 1 != self.cfg.epochs):
+        if evaluation is None or not evaluation.due(epoch, self.cfg.epochs):
             return False
         if not self.is_main and not evaluation.sharded:  # the first process evaluates, the others wait for it
             distributed.barrier()
@@ -231,14 +217,7 @@ class Trainer:
             distributed.barrier()
 
     def _score(self, epoch: int, display: ProgressDisplay, evaluation: Evaluation) -> bool:
-        modes = [(module, module.training) for module in self.method.modules()]
-        self.method.eval()
-        try:
-            with torch.no_grad(), self.precision.autocast(self.device):
-                scores = evaluation.score()
-        finally:
-            for module, training in modes:
-                module.training = training
+        scores = evaluation.run(self.method, EvalContext(self.device, self.precision))
         self.metrics.write({"epoch": epoch + 1, "step": self.step, **scores})
         display.show_scores(scores)
         key = evaluation.best
@@ -278,12 +257,9 @@ class Trainer:
             group["weight_decay"] = weight_decay * group.get("wd_scale", 1.0)
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if cfg.clip_per_param:
-                clip_each_norm([p.grad for p in params], cfg.clip_grad)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad, foreach=True)
-        self.method.before_optimizer_step(progress)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            clip_gradients(params, cfg.clip_grad, cfg.clip_per_param)
+        hook(self.method, "before_optimizer_step")(progress)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,24 +292,18 @@ class Trainer:
     def _check_finite(self) -> None:
         bad_step = int(self.first_bad_step.item())
         if bad_step >= 0:
-            kept = f"the last good checkpoint {self.checkpoint_path} is intact" if self.checkpoint_path.exists() else "no checkpoint was written"
+            kept = (f"the last good checkpoint {self.checkpoint_path} is intact" if self.checkpoint_path.exists()
+                    else "no checkpoint was written")
             raise TrainingFailed(
-                f"the loss became NaN or infinite at step {bad_step + 1} (epoch {bad_step // self.steps_per_epoch + 1}); "
-                f"{kept}. Try a lower --lr, --clip-grad 1.0 or --precision fp32"
+                f"the loss became NaN or infinite at step {bad_step + 1} "
+                f"(epoch {bad_step // self.steps_per_epoch + 1}); {kept}. "
+                "Try a lower --lr, --clip-grad 1.0 or --precision fp32"
             )
 
     def _announce(self) -> None:
-        cfg, world = self.cfg, self.dist.world_size
-        console.info(
-            f"{self.run_config['method']} | {self.num_images} images, {self.steps_per_epoch} steps/epoch x "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}"
-            + (f" = {world} processes x {cfg.batch_size // world}" if world > 1 else "")
-            + (f" ({cfg.accum_steps} passes of {cfg.batch_size // world // cfg.accum_steps})" if cfg.accum_steps > 1 else "")
-            + f" | {cfg.optimizer} lr {cfg.lr:.3g} wd {cfg.weight_decay:.3g}, warm-up {cfg.warmup_epochs:.3g} epochs"
-            + f" | {self.device.type} {self.precision.name}, "
-            + (f"{self.workers} workers" if isinstance(self.loader, DataLoader) else "batches made on the device")
-            + (" per process" if world > 1 else "")
-        )
+        workers = self.workers if isinstance(self.loader, DataLoader) else None  # None: batches made on the device
+        console.info(run_line(self.run_config["method"], self.num_images, self.steps_per_epoch, self.cfg,
+                              self.dist.world_size, self.device.type, self.precision.name, workers))
         if "data_path" in self.run_config.get("decided", {}):
             console.info(describe_data_path(self.run_config["decided"], self.workers))
         if self.precision_note:
@@ -344,25 +314,20 @@ class Trainer:
         self._check_finite()  # never overwrite a good checkpoint with a diverged state
         if not self.is_main:  # every process holds the same weights; the first writes them
             return
-        tensors = {f"model.{k}": v for k, v in self.method.state_dict().items()}
-        state = {
-            "optim": ckpt.pack(self.optimizer.state_dict(), "optim", tensors),
-            "scaler": ckpt.pack(self.scaler.state_dict(), "scaler", tensors),
-            "rng": ckpt.pack(rng_state(), "rng", tensors),
-        }
-        metadata = {
+        tensors, state = pack_state(self.method, self.optimizer, self.scaler)
+        described = {
             "method": self.run_config["method"],
-            **self.method.checkpoint_metadata(),
+            **metadata(self.method),
             "step": str(self.step),
             "epoch": str(self.step // self.steps_per_epoch),
             "steps_per_epoch": str(self.steps_per_epoch),
             **self.precision.record(),
             "config": json.dumps(self.run_config),
-            "state": ckpt.dumps(state),
+            "state": state,
             **({"best": json.dumps(self.best)} if self.best else {}),
             **self.provenance,
         }
-        ckpt.save_checkpoint(path or self.checkpoint_path, tensors, metadata)
+        ckpt.save_checkpoint(path or self.checkpoint_path, tensors, described)
         if path is None and self.aside is not None:  # this run can now be resumed: the one it replaces can go
             rundir.discard(self.aside)
             self.aside = None
@@ -373,14 +338,8 @@ class Trainer:
         return ckpt.read_metadata(self.checkpoint_path)
 
     def _restore(self, metadata: dict[str, str]) -> None:
-        step = resumed_step(metadata, self.steps_per_epoch)
-        tensors = ckpt.read_tensors(self.checkpoint_path)
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.method.load_state_dict(model, strict=True)
-        state = json.loads(metadata["state"])
-        self.optimizer.load_state_dict(ckpt.unpack(state["optim"], tensors))
-        self.scaler.load_state_dict(ckpt.unpack(state["scaler"], tensors))
-        set_rng_state(ckpt.unpack(state["rng"], tensors))
+        step = resumed_step(metadata, self.steps_per_epoch)  # checked before anything is loaded
+        restore_state(self.checkpoint_path, metadata, self.method, self.optimizer, self.scaler)
         self.step = step
         self.best = json.loads(metadata["best"]) if "best" in metadata else None
         self.provenance.update({k: metadata[k] for k in PROVENANCE if k in metadata})
@@ -388,64 +347,3 @@ class Trainer:
 
 
 PROVENANCE = ("continued_from", "licence")
-
-
-def _sinks(cfg: TrainConfig, out: Path) -> tuple:
-    """Where the metrics go besides metrics.jsonl (--logger)."""
-    if cfg.logger != "tensorboard":
-        return ()
-    tensorboard.check_available()
-    return (tensorboard.TensorBoardLog(out / "tensorboard"),)
-
-
-class _Step(torch.nn.Module):
-    """A method's training step as a module's forward: DistributedDataParallel all-reduces the gradients of
-    what runs through a forward call."""
-
-    def __init__(self, method: torch.nn.Module, step: Callable):
-        super().__init__()
-        self.method, self.step = method, step
-
-    def forward(self, batch):
-        out = self.step(batch)
-        return out.loss, out.logs
-
-
-@torch.no_grad()
-def clip_each_norm(grads: list[torch.Tensor], max_norm: float) -> None:
-    """Scale each gradient whose own norm exceeds ``max_norm`` down to it (DINO's clip_gradients), sync-free."""
-    if not grads:
-        return
-    norms = torch.stack(torch._foreach_norm(grads))
-    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_(grads, list(scales.unbind()))
-
-
-def _batch_size(batch) -> int:
-    while isinstance(batch, (list, tuple)):
-        batch = batch[0]
-    return int(batch.shape[0])
-
-
-@contextmanager
-def _stop_signals():
-    """SIGINT / SIGTERM ask the loop to checkpoint and stop at the next step; a second Ctrl-C aborts at once."""
-    stop = {"signal": 0}
-    handled = (signal.SIGINT, signal.SIGTERM)
-
-    def handler(signum, frame):
-        if stop["signal"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-        console.info("stopping: writing a checkpoint after this step (Ctrl-C again to abort without one)")
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in handled}
-    except ValueError:  # not the main thread (e.g. some notebooks): no signal handling
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

@@ -8,7 +8,6 @@ decoder come along when the file is the same method's (an sslkit run, DINO's tra
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def _foreign_weights(path: Path, checkpoint_key: str, arch: str | None) -> Weigh
 
 def warm_start(method: nn.Module, weights: Weights, allow_partial: bool = False) -> dict:
     """Load ``weights`` into ``method`` (a method module just built); returns what was loaded and what not."""
-    backbones = json.loads(method.checkpoint_metadata()["backbones"])  # role (teacher, student, encoder) -> attr
+    backbones = method.backbones  # role (teacher, student, encoder) -> attr
     same_method = weights.method == method.name
     target = method.state_dict()
     fixed = {name: target[name].clone() for name in method.fixed_tensors}

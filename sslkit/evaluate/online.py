@@ -6,14 +6,13 @@ the EMA teacher where there is one (BYOL's target, DINO's teacher), else the onl
 
 from __future__ import annotations
 
-import json
 
 import torch.nn.functional as F
 from torch import nn
 
 from sslkit.data.folders import ImageFolder
 from sslkit.data.views import eval_transform
-from sslkit.engine.trainer import Evaluation
+from sslkit.engine.evaluation import EvalContext, Evaluation
 from sslkit.evaluate.features import extract_features
 from sslkit.evaluate.knn import knn_classify
 
@@ -22,19 +21,19 @@ TEMPERATURE = 0.07
 
 def online_knn(method: nn.Module, memory_dir: str, query_dir: str, img_size: int, every: int, k: int,
                workers: int) -> Evaluation:
-    """The k-NN accuracy of ``method``'s teacher (or only) backbone; the trainer scores it under the run's
+    """The k-NN accuracy of ``method``'s teacher (or only) backbone, on the trainer's device and in the run's
     precision."""
     transform = eval_transform(img_size)
     memory = ImageFolder(memory_dir, transform, labelled=True)
     queries = ImageFolder(query_dir, transform, labelled=True)
     query_labels = queries.labels_in(memory)
-    prefixes = json.loads(method.checkpoint_metadata()["backbones"])
+    prefixes = method.backbones
     backbone = method.get_submodule(prefixes.get("teacher") or next(iter(prefixes.values())))
 
-    def score() -> dict[str, float]:
-        device = next(method.parameters()).device
-        extract = dict(batch_size=256, workers=workers, device=device, amp_dtype=None, show_progress=False,
-                       freeze=False, shard=True)
+    def score(context: EvalContext) -> dict[str, float]:
+        device = context.device
+        extract = dict(batch_size=256, workers=workers, device=device, amp_dtype=context.amp_dtype,
+                       show_progress=False, freeze=False, shard=True)
         memory_features, memory_labels = extract_features(backbone, memory, label="k-NN memory", **extract)
         query_features, _ = extract_features(backbone, queries, label="k-NN queries", **extract)
         result = knn_classify(F.normalize(memory_features, dim=1), memory_labels, F.normalize(query_features, dim=1),

@@ -8,20 +8,21 @@ pair: ``2 - 2 cos(q, z')``, summed over both view orders. Reference values are i
 from __future__ import annotations
 
 import copy
-import json
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.config import BYOLConfig, TrainConfig, validate_byol, with_defaults
+from sslkit.config import ARCH_HELP, AUGMENT_ON, AUGMENT_ON_HELP, HW, IMG_SIZE_HELP, RUN, TrainConfig, with_defaults
 from sslkit.data.views import byol_plan, cpu_views
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
 from sslkit.engine.optim import ADAMW_BETAS, decay_groups
 from sslkit.engine.schedules import cosine
-from sslkit.models.backbones import Normalize, create_backbone, feature_dim, patch_size, prefers_channels_last
+from sslkit.models.backbones import Normalize, create_backbone, feature_dim, prefers_channels_last
 from sslkit.models.heads import MLP
+from sslkit.settings import Settings, between_0_and_1, one_of, pixels, positive, setting
 
 # byol/configs/byol.py: presets by run length, epochs -> (base lr for LARS, weight decay, tau_base)
 PRESETS = {40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996)}
@@ -29,6 +30,43 @@ OFFICIAL_WARMUP_EPOCHS = 10
 # AdamW is not in the paper: sslkit's fallback for small batches, where LARS's trust ratio is noisy
 ADAMW_BASE_LR, ADAMW_WEIGHT_DECAY = 1e-3, 1e-4
 SGD_BASE_LR = 0.05
+
+
+PANEL = "BYOL"
+
+
+@dataclass(frozen=True)
+class BYOLConfig(Settings):
+    arch: str = setting("resnet50", ARCH_HELP, panel=RUN)
+    img_size: int = setting(224, IMG_SIZE_HELP, panel=RUN, check=pixels)
+    projector_hidden_dim: int = setting(4096, "Hidden width of projector and predictor MLPs (default {default}).",
+                                        panel=PANEL, check=positive)
+    projector_dim: int = setting(256, "Output width of projector and predictor (default {default}).", panel=PANEL,
+                                 check=positive)
+    predictor_hidden_dim: int = setting(4096, "Hidden width of the predictor (default {default}).", panel=PANEL,
+                                        check=positive)
+    tau_base: float | None = setting(
+        None, "Start of the target EMA momentum, cosine to 1 (default: the official preset for the run length: 0.97 "
+              "up to 40 epochs, 0.99 up to 300, 0.996 beyond). Lower it if the loss stalls on a short run.",
+        panel=PANEL, check=between_0_and_1)
+    augment_on: str = setting("cpu", AUGMENT_ON_HELP, panel=HW, check=one_of(*AUGMENT_ON))
+
+
+# sslkit pretrain byol --help
+HELP = (
+    "BYOL (Grill et al. 2020): an online network predicts what an EMA target network makes of another view "
+    "of the same image.\n\n"
+    "Defaults follow the paper and DeepMind's code: ResNet-50 at 224 px, projector and predictor 4096-256, "
+    "LARS with lr 0.2 x batch/256 (0.45 for runs of up to 100 epochs), weight decay 1.5e-6 off biases and "
+    "BatchNorm, 10 warm-up epochs then cosine, target EMA momentum from tau_base to 1. For batches under "
+    "~256, --optimizer adamw (lr 1e-3 x batch/256, weight decay 1e-4) is the alternative."
+)
+EXAMPLES = (
+    "sslkit pretrain byol photos/ --out runs/byol --arch resnet18 --img-size 64 --epochs 10 --batch-size 64",
+    "sslkit pretrain byol photos/ --out runs/byol --resume",
+    "sslkit pretrain byol photos/ --out runs/byol-ft --continue-from resnet50-torchvision.pth --epochs 20",
+    "sslkit pretrain byol /data/imagenet/train --out runs/r50 --epochs 300 --batch-size 4096 --accum-steps 8",
+)
 
 
 def preset(epochs: int) -> tuple[float, float, float]:
@@ -41,7 +79,6 @@ def preset(epochs: int) -> tuple[float, float, float]:
 
 def resolve(train: TrainConfig, options: BYOLConfig, num_images: int) -> tuple[TrainConfig, BYOLConfig]:
     """Fill every unset (None) setting from the official presets; see docs/pretrain-byol.md for the table."""
-    validate_byol(options)
     base_lr, weight_decay, tau_base = preset(train.epochs)
     optimizer = train.optimizer or "lars"
     if optimizer == "adamw":
@@ -66,6 +103,8 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
 class BYOL(nn.Module):
     name = "byol"
     fixed_tensors: tuple[str, ...] = ()  # state --continue-from leaves as built
+    # the paper keeps the online encoder; its EMA (the target) is evaluated by default here
+    backbones = {"teacher": "target_backbone", "student": "backbone"}
 
     def __init__(self, options: BYOLConfig):
         super().__init__()
@@ -109,12 +148,6 @@ class BYOL(nn.Module):
     def target_parameters(self) -> list[torch.Tensor]:
         return [*self.target_backbone.parameters(), *self.target_projector.parameters()]
 
-    def start_step(self, progress: Progress) -> None:
-        pass
-
-    def before_optimizer_step(self, progress: Progress) -> None:
-        pass
-
     def scheduled(self, progress: Progress) -> dict[str, float]:
         """The scheduled values of this step, by name as logged; no side effect, so the dry run shows them."""
         # tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, per step k of K
@@ -128,12 +161,3 @@ class BYOL(nn.Module):
     def param_groups(self) -> list[dict]:
         online = nn.ModuleDict({"backbone": self.backbone, "projector": self.projector, "predictor": self.predictor})
         return decay_groups(online.named_parameters())
-
-    def checkpoint_metadata(self) -> dict[str, str]:
-        return {
-            "arch": self.options.arch,
-            "img_size": str(self.options.img_size),
-            "patch_size": str(patch_size(self.backbone) or ""),
-            # the paper keeps the online encoder; its EMA (the target) is evaluated by default here
-            "backbones": json.dumps({"teacher": "target_backbone", "student": "backbone"}),
-        }

@@ -9,8 +9,8 @@ DESIGN.md section 4; the ``auto`` preset that keeps small runs from collapsing i
 from __future__ import annotations
 
 import copy
-import json
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import console
-from sslkit.config import DINOConfig, TrainConfig, validate_dino, with_defaults
+from sslkit.config import ARCH_HELP, AUGMENT_ON, AUGMENT_ON_HELP, HW, IMG_SIZE_HELP, RUN, TrainConfig, with_defaults
 from sslkit.data.views import ViewSet, cpu_views, dino_plan, local_crop_size
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
@@ -27,6 +27,90 @@ from sslkit.engine.schedules import cosine
 from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, create_backbone, feature_dim, patch_size, prefers_channels_last
 from sslkit.models.heads import DINOHead
+from sslkit.settings import (Settings, at_least_zero, between_0_and_1, one_of, parse_bool, pixels, positive,
+                             scale_range, setting)
+
+PANEL, CROPS = "DINO", "Multi-crop"
+
+
+@dataclass(frozen=True)
+class DINOConfig(Settings):
+    """DINO's settings under their official names (facebookresearch/dino main_dino.py); None: the preset's."""
+
+    arch: str = setting("vit_small_patch16_224", ARCH_HELP, panel=RUN)
+    img_size: int = setting(224, IMG_SIZE_HELP, panel=RUN, check=pixels)  # local crops scale with it
+    preset: str = setting(
+        "auto", "auto (default): out_dim, teacher temperature, lr and warm-up adapted to the data, batch and run "
+                "length; imagenet: the official values. Explicit options always win.", panel=PANEL,
+        check=one_of("auto", "imagenet"))
+    out_dim: int | None = setting(
+        None, "Prototypes K (official 65536; auto: images/16 between 1024 and 65536). Lower it if the teacher "
+              "output is near-uniform.", panel=PANEL, check=positive)
+    hidden_dim: int = setting(2048, check=positive)
+    bottleneck_dim: int = setting(256, check=positive)
+    norm_last_layer: bool = setting(
+        True, "true (default): keep the last layer's weight-norm gain at 1, more stable; false: train it, better "
+              "for ViT-S but can be unstable.", panel=PANEL, cli=str, parse=parse_bool)
+    momentum_teacher: float | None = setting(
+        None, "Teacher EMA momentum at the start, cosine to 1 (0.996). The README uses 0.9995 at batch 256; much "
+              "lower values let the teacher turn uniform.", panel=PANEL, check=between_0_and_1)
+    teacher_temp: float | None = setting(
+        None, "Teacher temperature after warm-up (0.04; auto: 0.02 below 100k images, 0.07 for runs of 100+ epochs; "
+              "above 0.07 is unstable).", panel=PANEL, check=positive)
+    warmup_teacher_temp: float | None = setting(
+        None, "Teacher temperature at epoch 0 (0.04; auto: 0.02 below 100k images). Lower it if the teacher turns "
+              "uniform.", panel=PANEL, check=positive)
+    warmup_teacher_temp_epochs: int | None = setting(
+        None, "Epochs of linear teacher-temperature warm-up (0; 30 in the README's long runs).", panel=PANEL,
+        check=at_least_zero)
+    student_temp: float = setting(0.1, check=positive)
+    center_momentum: float = setting(0.9, check=between_0_and_1)
+    freeze_last_layer: int = setting(
+        1, "Epochs during which the last layer gets no update (1). Raise it if the loss does not fall.", panel=PANEL,
+        check=at_least_zero)
+    drop_path_rate: float = setting(0.1, "Stochastic depth of the student ViT (0.1).", panel=PANEL,
+                                    check=at_least_zero)
+    global_crops_scale: tuple[float, float] = setting((0.4, 1.0), "Area range of the 2 global crops (0.4 1).",
+                                                      panel=CROPS, check=scale_range)
+    local_crops_number: int = setting(8, "Local crops per image (8; 0 disables multi-crop).", panel=CROPS,
+                                      check=at_least_zero)
+    local_crops_scale: tuple[float, float] = setting((0.05, 0.4), "Area range of the local crops (0.05 0.4).",
+                                                     panel=CROPS, check=scale_range)
+    local_crop_size: int | None = setting(
+        None, "Side of the local crops (default: --img-size x 96/224 rounded to 16; 32 at 64 px).", panel=CROPS,
+        check=pixels)
+    augment_on: str = setting("cpu", AUGMENT_ON_HELP, panel=HW, check=one_of(*AUGMENT_ON))
+
+
+# sslkit pretrain dino --help
+HELP = (
+    "DINO (Caron et al. 2021): a student matches, across multi-crop views, the sharpened and centred output of "
+    "an EMA teacher.\n\n"
+    "Defaults follow facebookresearch/dino: ViT-S/16 at 224 px, head 2048-2048-256 then out_dim prototypes, "
+    "AdamW lr 5e-4 x batch/256 (cosine to 1e-6), weight decay 0.04 -> 0.4, per-parameter gradient clip 3.0, "
+    "2 global crops (0.4-1) and 8 local crops (0.05-0.4) at 96/224 of --img-size, last layer frozen for the "
+    "first epoch, drop path 0.1. --preset auto (the default) adapts out_dim, teacher temperature, lr and "
+    "warm-up to the data set, batch and run length and prints its choice; --preset imagenet keeps the "
+    "official values. Options also accept main_dino.py's spelling (--out_dim 65536)."
+)
+EXAMPLES = (
+    "sslkit pretrain dino photos/ --out runs/dino --arch vit_tiny_patch16_224 --img-size 64 --epochs 10 "
+    "--batch-size 64",
+    "sslkit pretrain dino photos/ --out runs/dino-r18 --arch resnet18 --img-size 64 --local-crops-number 6",
+    "sslkit pretrain dino photos/ --out runs/dino-more --continue-from dino_deitsmall16_checkpoint.pth --out-dim 65536",
+    "sslkit pretrain dino /data/imagenet/train --out runs/vits16 --preset imagenet --teacher-temp 0.07 "
+    "--warmup-teacher-temp-epochs 30 --norm-last-layer false --batch-size 1024 --accum-steps 4",
+)
+
+
+# How DINO's defaults for the shared training settings read in its --help.
+SHARED_HELP = {
+    "lr": "Peak learning rate (official 5e-4 x batch/256; auto below batch 1024: 2e-3 x sqrt(batch/1024)).",
+    "min_lr": "Learning rate at the end of the cosine (default 1e-6).",
+    "warmup_epochs": "Epochs of linear lr warm-up (default 10; auto: a tenth of runs under 100 epochs).",
+    "weight_decay": "Weight decay at the start of its cosine (default 0.04); never on biases and norms.",
+    "weight_decay_end": "Weight decay at the end (default 0.4).",
+}
 
 # main_dino.py defaults and README recommendations (ViT-S/16, ImageNet, 100+ epochs)
 IMAGENET = dict(out_dim=65536, momentum_teacher=0.996, teacher_temp=0.04, warmup_teacher_temp=0.04,
@@ -73,7 +157,6 @@ def auto_preset(num_images: int, epochs: int, batch_size: int) -> dict:
 
 def resolve(train: TrainConfig, options: DINOConfig, num_images: int) -> tuple[TrainConfig, DINOConfig]:
     """Fill every unset (None) setting from the preset; explicit settings always win."""
-    validate_dino(options)
     chosen = auto_preset(num_images, train.epochs, train.batch_size) if options.preset == "auto" else \
         dict(IMAGENET, warmup_epochs=WARMUP_EPOCHS, lr=BASE_LR * train.batch_size / 256)
     train = with_defaults(train, optimizer="adamw", betas=ADAMW_BETAS, lr=chosen.pop("lr"), min_lr=MIN_LR,
@@ -122,6 +205,7 @@ def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: 
 class DINO(nn.Module):
     name = "dino"
     fixed_tensors: tuple[str, ...] = ()  # state --continue-from leaves as built
+    backbones = {"teacher": "teacher", "student": "backbone"}
 
     def __init__(self, options: DINOConfig):
         super().__init__()
@@ -230,11 +314,3 @@ class DINO(nn.Module):
     def param_groups(self) -> list[dict]:
         student = nn.ModuleDict({"backbone": self.backbone, "head": self.head})
         return decay_groups(student.named_parameters())
-
-    def checkpoint_metadata(self) -> dict[str, str]:
-        return {
-            "arch": self.options.arch,
-            "img_size": str(self.options.img_size),
-            "patch_size": str(patch_size(self.backbone) or ""),
-            "backbones": json.dumps({"teacher": "teacher", "student": "backbone"}),
-        }

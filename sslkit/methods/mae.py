@@ -12,7 +12,7 @@ Module names follow the official checkpoints (``mask_token``, ``decoder_embed``,
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -20,12 +20,81 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from sslkit import console
-from sslkit.config import MAEConfig, TrainConfig, validate_mae, with_defaults
+from sslkit.config import IMG_SIZE_HELP, OPT, RUN, TrainConfig, with_defaults
 from sslkit.data.views import cpu_views, crop_flip
-from sslkit.engine.method import Progress, StepOutput
+from sslkit.engine.method import StepOutput
 from sslkit.engine.optim import decay_groups
 from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, create_backbone, is_vit, patch_size
+from sslkit.settings import Settings, pixels, positive, scale_range, setting
+
+PANEL = "MAE"
+
+
+def strictly_between_0_and_1(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1, not {value}")
+
+
+@dataclass(frozen=True)
+class MAEConfig(Settings):
+    """MAE's settings (He et al. 2022); decoder fields None: sized from the encoder (docs/mae.md)."""
+
+    arch: str = setting("vit_base_patch16_224", "A timm ViT with a class token (default {default}).", panel=RUN)
+    img_size: int = setting(224, IMG_SIZE_HELP, panel=RUN, check=pixels)
+    mask_ratio: float = setting(
+        0.75, "Share of patches hidden from the encoder ({default}). Higher is faster; 0.75 was best in the paper.",
+        panel=PANEL, check=strictly_between_0_and_1)
+    norm_pix_loss: bool = setting(
+        True, "Predict each patch normalised by its own mean and std (on; better features). Turn off for models "
+              "meant for pictures.", panel=PANEL)
+    decoder_dim: int | None = setting(None, "Decoder width (512 for ViT-B and wider; half the encoder width below).",
+                                      panel=PANEL, check=positive)
+    decoder_depth: int | None = setting(
+        None, "Decoder blocks (8; 4 for encoders narrower than ViT-B). 1 is faster and fine for finetuning, worse "
+              "for linear probes.", panel=PANEL, check=positive)
+    decoder_heads: int | None = setting(None, "Decoder attention heads (16; width/32 for narrower decoders).",
+                                        panel=PANEL, check=positive)
+    blr: float = setting(
+        1.5e-4, "Base learning rate per 256 images (the recipe's 1.5e-4; main_pretrain.py's code default is 1e-3). "
+                "Lower it if the loss jumps or turns NaN.", panel=OPT, check=positive)  # lr = blr x batch / 256
+    crop_scale: tuple[float, float] = setting((0.2, 1.0), "Area range of the random resized crop (0.2 1).",
+                                              panel=PANEL, check=scale_range)
+
+    def check(self) -> None:
+        if self.decoder_dim and self.decoder_heads and self.decoder_dim % self.decoder_heads:
+            raise UsageError(f"--decoder-dim {self.decoder_dim} is not divisible by --decoder-heads "
+                             f"{self.decoder_heads}")
+
+
+# sslkit pretrain mae --help
+HELP = (
+    "MAE (He et al. 2022): a ViT encoder sees a random quarter of the patches; a light decoder reconstructs "
+    "the pixels of the rest.\n\n"
+    "Defaults follow the paper's recipe: ViT-B/16 at 224 px, mask ratio 0.75, norm-pix loss, decoder 8 blocks "
+    "x 512 (16 heads; narrower encoders get half their width and 4 blocks), fixed 2-D sin-cos position "
+    "embeddings, AdamW betas (0.9, 0.95), lr = blr 1.5e-4 x batch/256, weight decay 0.05 off biases and norms, "
+    "40 warm-up epochs (a tenth of runs under 400 epochs) then cosine to 0, random resized crop (0.2-1) and "
+    "flip only. The encoder runs on the visible patches only, so a step costs about a third of a full pass. "
+    "Options also accept main_pretrain.py's spelling (--mask_ratio 0.75)."
+)
+EXAMPLES = (
+    "sslkit pretrain mae photos/ --out runs/mae --arch vit_tiny_patch16_224 --img-size 64 --epochs 100 "
+    "--batch-size 256",
+    "sslkit pretrain mae photos/ --out runs/mae --resume",
+    "sslkit pretrain mae photos/ --out runs/mae-domain --continue-from mae_visualize_vit_base.pth --epochs 50",
+    "sslkit pretrain mae /data/imagenet/train --out runs/vitb --epochs 800 --batch-size 4096 --accum-steps 16",
+)
+
+
+# How MAE's defaults for the shared training settings read in its --help; MAE takes no momentum (AdamW) and a
+# constant weight decay.
+SHARED_HELP = {
+    "lr": "Peak learning rate (default: --blr x batch/256).",
+    "warmup_epochs": "Epochs of linear lr warm-up (40; a tenth of runs under 400 epochs).",
+    "weight_decay": "Weight decay (0.05), never on biases and norms.",
+}
+NOT_TAKEN = ("momentum", "weight_decay_end")
 
 WARMUP_EPOCHS, WEIGHT_DECAY, BETAS = 40, 0.05, (0.9, 0.95)
 HEAD_DIM = 32  # the paper's decoder: 512 wide, 16 heads
@@ -43,7 +112,6 @@ def decoder_preset(encoder_dim: int) -> dict:
 def resolve(train: TrainConfig, options: MAEConfig, num_images: int) -> tuple[TrainConfig, MAEConfig]:
     """Fill unset settings: lr = blr x batch / 256, AdamW (0.9, 0.95), weight decay 0.05, cosine to 0, warm-up 40
     epochs (a tenth of runs shorter than 400 epochs), no clipping; the decoder from the encoder's width."""
-    validate_mae(options)
     train = with_defaults(train, optimizer="adamw", betas=BETAS, lr=options.blr * train.batch_size / 256, min_lr=0.0,
                           weight_decay=WEIGHT_DECAY, clip_grad=0.0, clip_per_param=False,
                           warmup_epochs=min(WARMUP_EPOCHS, train.epochs / 10))
@@ -53,7 +121,6 @@ def resolve(train: TrainConfig, options: MAEConfig, num_images: int) -> tuple[Tr
     if options.decoder_dim is not None:  # a width given alone keeps 32-d heads
         preset["decoder_heads"] = max(1, options.decoder_dim // HEAD_DIM)
     options = with_defaults(options, **preset)
-    validate_mae(options)
     return train, options
 
 
@@ -129,6 +196,7 @@ class MAE(nn.Module):
     name = "mae"
     # sin-cos functions of the patch grid: --continue-from keeps the run's own
     fixed_tensors: tuple[str, ...] = ("backbone.pos_embed", "decoder_pos_embed")
+    backbones = {"encoder": "backbone"}
     channels_last = False
 
     def __init__(self, options: MAEConfig):
@@ -162,7 +230,8 @@ class MAE(nn.Module):
         bb = self.backbone
         plain = is_vit(bb) and getattr(bb, "cls_token", None) is not None and bb.num_prefix_tokens == 1
         if not plain or bb.no_embed_class:
-            raise UsageError(f"MAE needs a plain ViT with a class token (e.g. vit_base_patch16_224), not {self.options.arch}")
+            raise UsageError("MAE needs a plain ViT with a class token (e.g. vit_base_patch16_224), not "
+                             f"{self.options.arch}")
 
     def set_grid(self, img_size: int) -> None:
         """Build the model for ``img_size`` images: fixed sin-cos position embeddings for that patch grid."""
@@ -250,26 +319,5 @@ class MAE(nn.Module):
         loss, _, _, _ = self.forward_masked(images)
         return StepOutput(loss)
 
-    def start_step(self, progress: Progress) -> None:
-        pass
-
-    def before_optimizer_step(self, progress: Progress) -> None:
-        pass
-
-    def scheduled(self, progress: Progress) -> dict[str, float]:
-        """MAE schedules nothing beyond the trainer's lr and weight decay."""
-        return {}
-
-    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
-        return self.scheduled(progress)
-
     def param_groups(self) -> list[dict]:
         return decay_groups(self.named_parameters())  # the fixed position embeddings are left out (no grad)
-
-    def checkpoint_metadata(self) -> dict[str, str]:
-        return {
-            "arch": self.options.arch,
-            "img_size": str(self.options.img_size),
-            "patch_size": str(self.patch),
-            "backbones": json.dumps({"encoder": "backbone"}),
-        }

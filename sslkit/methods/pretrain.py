@@ -33,14 +33,12 @@ def run_pretraining(method: str, data: Path, out: Path, values: dict, *, resume:
         inputs = [Path(data), *(Path(values[k]) for k in ("eval_train", "eval_val") if values.get(k))]
         refusal = dryrun.checked_new_run(out, values.get("force", False), tuple(inputs), dry_run)
     start = cfg.build(ContinueConfig, values)
-    cfg.choice("checkpoint_key", start.checkpoint_key, ("teacher", "student"))
     weights = None
     if start.continue_from and not resume:  # a resumed run restores its own checkpoint instead
         weights = read_weights(start.continue_from, start.checkpoint_key, values.get("arch"))
         values.setdefault("arch", weights.arch)
     dataset = ImageFolder(data)
     train, options = spec.resolve(cfg.build(TrainConfig, values), cfg.build(spec.config, values), len(dataset))
-    cfg.validate_train(train)
     seed_everything(train.seed)
     with torch.device("meta") if dry_run else nullcontext():  # a plan needs the model's views, not its weights
         model = spec.build(options)

@@ -66,7 +66,8 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
 
 
 KNN = ("probe", "knn", "timm:test_resnet", "--img-size", "32", "--k", "3", "--workers", "0")
@@ -85,7 +86,8 @@ PRETRAIN_OPTIONS = ("--arch", "test_resnet", "--img-size", "32", "--projector-hi
     ("no class folders", (*KNN, "--train", "{root}/unlabelled", "--val", "{root}/labelled", "--json", "{out}.json"),
      ["no class sub-folders"]),
     ("random bytes as safetensors", ("probe", "knn", "{root}/noise.safetensors", "--train", "{root}/labelled",
-                                     "--val", "{root}/labelled", "--json", "{out}.json"), ["not a readable safetensors"]),
+                                     "--val", "{root}/labelled", "--json", "{out}.json"),
+     ["not a readable safetensors"]),
     ("truncated safetensors", ("info", "{root}/cut.safetensors"), ["not a readable safetensors"]),
     ("random bytes as .pth", ("export", "{root}/noise.pth", "--out", "{out}.safetensors"), ["cannot read"]),
     ("wrong method", ("reconstruct", "{root}/byol_run", "{root}/a_file.png", "--out", "{out}"),
@@ -99,7 +101,8 @@ PRETRAIN_OPTIONS = ("--arch", "test_resnet", "--img-size", "32", "--projector-hi
      ["unknown architecture 'resnet999'"]),
     ("zero batch size", ("pretrain", "byol", "{root}/unlabelled", "--out", "{out}", "--batch-size", "0"),
      ["--batch-size must be positive, not 0"]),
-    ("negative epochs", ("pretrain", "byol", "{root}/unlabelled", "--out", "{out}", "--epochs", "-1"), ["--epochs must be positive, not -1"]),
+    ("negative epochs", ("pretrain", "byol", "{root}/unlabelled", "--out", "{out}", "--epochs", "-1"),
+     ["--epochs must be positive, not -1"]),
     ("zero image size", (*KNN[:2], "timm:test_vit", "--img-size", "0", "--train", "{root}/labelled", "--val",
                          "{root}/labelled", "--json", "{out}.json"), ["--img-size must be positive, not 0"]),
     ("batch larger than the data", ("pretrain", "byol", "{root}/unlabelled", "--out", "{out}", *PRETRAIN_OPTIONS,
@@ -121,7 +124,8 @@ def test_bad_input_gives_one_line_and_exit_2_and_no_output(sslkit_cli, data, tmp
 
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(sslkit_cli, tmp_path):
     marker = tmp_path / "ran"
-    script = (f"import torch\nclass E:\n    def __reduce__(self):\n        return exec, (\"open({str(marker)!r}, 'w')\",)\n"
+    script = ("import torch\nclass E:\n    def __reduce__(self):\n"
+              f"        return exec, (\"open({str(marker)!r}, 'w')\",)\n"
               f"torch.save({{'model': {{}}, 'x': E()}}, {str(tmp_path / 'evil.pth')!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True)
     result = sslkit_cli.run("info", tmp_path / "evil.pth")

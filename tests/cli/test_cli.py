@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,8 @@ def test_help_lists_the_commands_and_every_command_shows_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert all(name in result.output
-               for name in ("pretrain", "probe", "finetune", "attention", "reconstruct", "copydetect", "export", "info"))
+               for name in ("pretrain", "probe", "finetune", "attention", "reconstruct", "copydetect", "export",
+                            "info"))
     for command in (["pretrain", "byol"], ["pretrain", "dino"], ["pretrain", "mae"], ["probe", "knn"],
                     ["probe", "linear"], ["finetune"], ["attention"], ["reconstruct"], ["export"], ["info"]):
         result = runner.invoke(app, [*command, "--help"])
@@ -60,8 +60,8 @@ def test_probe_knn_of_random_init_baseline_is_quiet_and_reproducible(tmp_path):
     for seed in ("7", "7"):
         out = tmp_path / f"knn{len(scores)}.json"
         result = runner.invoke(app, ["probe", "knn", "timm:test_resnet", "--train", str(data), "--val", str(data),
-                                     "--img-size", "32", "--workers", "0", "--quiet", "--json", str(out), "--seed", seed,
-                                     "--k", "3"])
+                                     "--img-size", "32", "--workers", "0", "--quiet", "--json", str(out), "--seed",
+                                     seed, "--k", "3"])
         assert result.exit_code == 0 and result.output == ""
         scores.append(json.loads(out.read_text()))
     assert scores[0]["description"] == "test_resnet, random init" and scores[0]["num_classes"] == 3
@@ -72,9 +72,9 @@ def test_probe_knn_of_random_init_baseline_is_quiet_and_reproducible(tmp_path):
 def test_dino_pretrain_then_knn_and_attention_maps_end_to_end(tmp_path):
     data = make_folder(tmp_path / "data", classes=2, per_class=12)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["pretrain", "dino", str(data), "--out", str(run), "--epochs", "1", "--arch", "test_vit",
-                                 "--img-size", "32", "--batch-size", "8", "--workers", "0", "--out-dim", "32",
-                                 "--local-crops-number", "2", "--norm-last-layer", "false"])
+    result = runner.invoke(app, ["pretrain", "dino", str(data), "--out", str(run), "--epochs", "1", "--arch",
+                                 "test_vit", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--out-dim",
+                                 "32", "--local-crops-number", "2", "--norm-last-layer", "false"])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())["dino"]
     assert config["out_dim"] == 32 and config["norm_last_layer"] is False and config["local_crops_number"] == 2
@@ -126,12 +126,17 @@ def test_official_scripts_underscore_options_are_accepted():
     (["pretrain", "byol", "{data}", "--out", "{tmp}/run", "--batch-size", "0"], "error: --batch-size must be positive"),
     (["probe", "knn", "{tmp}/missing.safetensors", "--train", "{data}", "--val", "{data}"], "error: model not found"),
     (["probe", "knn", "timm:test_resnet", "--train", "{tmp}/flat", "--val", "{data}"], "error: no class sub-folders"),
-    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--norm-last-layer", "maybe"], "error: --norm-last-layer takes true or false"),
-    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--local-crops-scale", "0.5", "0.1"], "error: --local-crops-scale must be"),
-    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--arch", "test_vit", "--img-size", "40"], "error: crop sizes 40 / 16 px"),
-    (["attention", "timm:test_resnet", "{data}", "--out", "{tmp}/maps"], "error: timm:test_resnet is a test_resnet, not a vision"),
+    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--norm-last-layer", "maybe"],
+     "error: --norm-last-layer takes true or false"),
+    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--local-crops-scale", "0.5", "0.1"],
+     "error: --local-crops-scale must be"),
+    (["pretrain", "dino", "{data}", "--out", "{tmp}/run", "--arch", "test_vit", "--img-size", "40"],
+     "error: crop sizes 40 / 16 px"),
+    (["attention", "timm:test_resnet", "{data}", "--out", "{tmp}/maps"],
+     "error: timm:test_resnet is a test_resnet, not a vision"),
     (["attention", "timm:test_vit", "{tmp}/nothing.png", "--out", "{tmp}/maps"], "error: image not found"),
-    (["attention", "timm:test_vit", "{data}", "--out", "{tmp}/maps", "--threshold", "60"], "error: --threshold must lie"),
+    (["attention", "timm:test_vit", "{data}", "--out", "{tmp}/maps", "--threshold", "60"],
+     "error: --threshold must lie"),
     (["pretrain", "mae", "{data}", "--out", "{tmp}/run", "--mask-ratio", "1"], "error: --mask-ratio must lie strictly"),
     (["pretrain", "mae", "{data}", "--out", "{tmp}/run", "--arch", "test_resnet"], "error: MAE needs a plain ViT"),
     (["reconstruct", "timm:test_vit", "{data}", "--out", "{tmp}/recon"], "error: model not found: timm:test_vit"),
@@ -183,8 +188,8 @@ def test_probe_linear_and_finetune_from_the_command_line(tmp_path):
     linear = json.loads((tmp_path / "linear.json").read_text())
     assert [h["lr"] for h in linear["heads"]] == [0.01, 0.1] and linear["epochs"] == 2
 
-    result = runner.invoke(app, ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "ft"), "--epochs", "1",
-                                 "--batch-size", "4", "--layer-decay", "1", "--json", str(tmp_path / "ft.json")])
+    result = runner.invoke(app, ["finetune", "timm:test_resnet", *common, "--out", str(tmp_path / "ft"), "--epochs",
+                                 "1", "--batch-size", "4", "--layer-decay", "1", "--json", str(tmp_path / "ft.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ft.json").read_text())["num_train"] == 16
     assert (tmp_path / "ft" / "checkpoints" / "best.safetensors").is_file()

@@ -4,10 +4,18 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sslkit.cli import app
+from sslkit.cli import app, command_line
 from tests.conftest import make_folder
 
-runner = CliRunner()
+
+class _Runner(CliRunner):
+    """Typer's runner, handed the command line as sslkit.cli.main hands it to Typer (copydetect MODEL: search)."""
+
+    def invoke(self, app, args=None, **kwargs):
+        return super().invoke(app, command_line(list(args or [])), **kwargs)
+
+
+runner = _Runner()
 FAST = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
 
 
@@ -16,7 +24,8 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("copydetect")
     source = make_folder(root / "src", classes=3, per_class=8, size=48, labelled=False)
     result = runner.invoke(app, ["copydetect", "make-benchmark", str(source), str(root / "bench"), "--originals", "8",
-                                 "--copies", "2", "--distractors", "6", "--whiten", "8", "--workers", "0", "--max-size", "48"])
+                                 "--copies", "2", "--distractors", "6", "--whiten", "8", "--workers", "0",
+                                 "--max-size", "48"])
     assert result.exit_code == 0, result.output
     assert "8 originals, 16 queries" in result.output
     return root / "bench"
@@ -80,7 +89,8 @@ def test_without_ground_truth_it_lists_matches_only(bench, tmp_path):
 
 
 def test_copydetect_help_shows_both_commands_with_examples():
-    for args in (["copydetect", "--help"], ["copydetect", "search", "--help"], ["copydetect", "make-benchmark", "--help"]):
+    for args in (["copydetect", "--help"], ["copydetect", "search", "--help"],
+                 ["copydetect", "make-benchmark", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Examples" in result.output and "sslkit copydetect" in result.output
     assert "copydetect" in runner.invoke(app, ["--help"]).output
@@ -89,14 +99,20 @@ def test_copydetect_help_shows_both_commands_with_examples():
 @pytest.mark.parametrize("args, message", [
     (["copydetect", "pixels:4", "--database", "{tmp}/none", "--queries", "{data}"], "error: folder not found"),
     (["copydetect", "pixels:x", "--database", "{data}", "--queries", "{data}"], "error: 'pixels:x': write pixels:N"),
-    (["copydetect", "pixels:4", "--database", "{data}", "--queries", "{data}", "--top-k", "0"], "error: --top-k must be positive"),
-    (["copydetect", "pixels:4", "--database", "{data}", "--queries", "{data}", "--ground-truth", "{tmp}/gt.csv"], "error: --ground-truth: no such file"),
-    (["copydetect", "timm:test_vit", "--database", "{data}", "--queries", "{data}", "--img-size", "40"], "error: --img-size 40 is not a multiple"),
-    (["copydetect", "timm:test_resnet", "--database", "{data}", "--queries", "{data}", "--pool", "token"], "error: --pool token"),
-    (["copydetect", "pixels:4", "--database", "{data}", "--queries", "{data}", "--min-score", "2"], "error: --min-score is a cosine"),
+    (["copydetect", "pixels:4", "--database", "{data}", "--queries", "{data}", "--top-k", "0"],
+     "error: --top-k must be positive"),
+    (["copydetect", "pixels:4", "--database", "{data}", "--queries", "{data}", "--ground-truth", "{tmp}/gt.csv"],
+     "error: --ground-truth: no such file"),
+    (["copydetect", "timm:test_vit", "--database", "{data}", "--queries", "{data}", "--img-size", "40"],
+     "error: --img-size 40 is not a multiple"),
+    (["copydetect", "timm:test_resnet", "--database", "{data}", "--queries", "{data}", "--pool", "token"],
+     "error: --pool token"),
+    (["copydetect", "pixels:4", "--database", "{data}", "--queries", "{data}", "--min-score", "2"],
+     "error: --min-score is a cosine"),
     (["copydetect", "make-benchmark", "{data}", "{data}"], "error: "),
     (["copydetect", "make-benchmark", "{tmp}/none", "{tmp}/out"], "error: folder not found"),
-    (["finetune", "pixels:4", "--train", "{data}", "--val", "{data}", "--out", "{tmp}/ft"], "error: pixels:4 has no weights"),
+    (["finetune", "pixels:4", "--train", "{data}", "--val", "{data}", "--out", "{tmp}/ft"],
+     "error: pixels:4 has no weights"),
 ])
 def test_copydetect_bad_input_exits_2_with_one_line(tmp_path, args, message):
     data = make_folder(tmp_path / "data", classes=2, per_class=2)

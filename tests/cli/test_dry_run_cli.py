@@ -75,7 +75,8 @@ def test_probe_linear_dry_run_shows_the_recipes_lr_and_draws_only_with_out(sslki
              "--batch-size", "8", "--epochs", "2", *CPU, "--dry-run"]
     result = sslkit_cli.run(*probe)
     assert_plan_shown(result)
-    assert "lrs: the dino recipe's grid x batch 8 / 256" in result.stdout and "12 heads, peak lr 3.125e-06" in result.stdout
+    assert ("lrs: the dino recipe's grid x batch 8 / 256" in result.stdout
+            and "12 heads, peak lr 3.125e-06" in result.stdout)
     assert "5-fold cross-validation" in result.stdout
     assert "schedules.png not written: no --out was given; the table above is the plan" in result.stdout
     result = sslkit_cli.run(*probe, "--out", tmp_path / "probe")

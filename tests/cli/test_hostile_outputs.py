@@ -11,7 +11,7 @@ import pytest
 
 import sslkit
 from tests.cli.conftest import assert_usage_error
-from tests.conftest import TINY_BYOL, make_folder
+from tests.conftest import make_folder
 
 MAE = dict(arch="test_vit", img_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=2, batch_size=8, workers=0,
            device="cpu", precision="fp32", epochs=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sslkit
-from sslkit.config import MAEConfig
+from sslkit.methods.mae import MAEConfig
 from sslkit.engine import checkpoint as ckpt
 from sslkit.engine.device import choose_precision
 from sslkit.methods.mae import MAE, masked_mse, patchify, random_masking

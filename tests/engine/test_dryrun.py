@@ -38,7 +38,8 @@ def listing(folder) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
-def test_byol_plan_equals_the_run_log_the_run_needs_no_force_and_a_later_dry_run_changes_nothing(image_folder, tmp_path):
+def test_byol_plan_equals_the_run_log_the_run_needs_no_force_and_a_later_dry_run_changes_nothing(
+        image_folder, tmp_path):
     run, settings = tmp_path / "run", dict(TINY_BYOL, epochs=2, log_every=1)
     plan = sslkit.pretrain("byol", image_folder, run, dry_run=True, **settings)
     assert sorted(p.name for p in run.iterdir()) == [PLAN_NAME]  # no config.json, metrics or checkpoint

@@ -63,6 +63,7 @@ def test_export_cli_prints_the_timm_line_and_refuses_bad_requests(tmp_path):
     assert 'timm.create_model("test_vit", pretrained=True, num_classes=0, img_size=64' in result.output
     for args, message in ((["pixels:4", "--out", str(tmp_path / "p.safetensors")], "has no weights to export"),
                           ([str(source), "--out", str(tmp_path / "e.pt")], "--out must name a .safetensors"),
-                          ([str(source), "--out", str(tmp_path / "f.safetensors"), "--format", "onnx"], "--format must be")):
+                          ([str(source), "--out", str(tmp_path / "f.safetensors"), "--format", "onnx"],
+                           "--format must be")):
         result = runner.invoke(app, ["export", *args])
         assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1

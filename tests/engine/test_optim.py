@@ -37,7 +37,8 @@ def test_lars_leaves_the_update_unscaled_when_a_norm_is_zero():
 
 
 def test_decay_groups_split_biases_and_norms_from_weights():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
     decay, no_decay = decay_groups(model.named_parameters())
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3, 3, 3]), torch.Size([2, 4])]
     assert len(no_decay["params"]) == 4 and no_decay["wd_scale"] == 0.0

@@ -56,7 +56,7 @@ def test_a_force_run_drops_the_earlier_run_at_its_first_checkpoint(image_folder,
 def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(image_folder, tmp_path, capsys):
     run = tmp_path / "run"
     with rundir.locked(run):  # another run, alive, writes here
-        with pytest.raises(UsageError, match=f"in use by another run \\(process \\d+ on "):
+        with pytest.raises(UsageError, match="in use by another run \\(process \\d+ on "):
             sslkit.pretrain("byol", image_folder, run, **dict(TINY_BYOL, epochs=1))
     assert not (run / rundir.LOCK).exists()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

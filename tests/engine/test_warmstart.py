@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 import sslkit
 from sslkit.cli import app
-from sslkit.config import BYOLConfig, DINOConfig, MAEConfig
+from sslkit.methods.byol import BYOLConfig
+from sslkit.methods.dino import DINOConfig
+from sslkit.methods.mae import MAEConfig
 from sslkit.engine import checkpoint as ckpt, foreign
 from sslkit.engine.warmstart import read_weights, warm_start
 from sslkit.errors import Interrupted, UsageError

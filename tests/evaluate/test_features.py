@@ -42,7 +42,8 @@ def test_recipes_take_the_tokens_dino_and_mae_evaluate(vit):
 def test_token_recipes_are_refused_for_conv_nets():
     resnet = timm.create_model("test_resnet", pretrained=False, num_classes=0)
     FeatureRecipe(pool="avg").check(resnet)
-    for recipe in (FeatureRecipe(pool="token"), FeatureRecipe(n_last_blocks=2), FeatureRecipe(avgpool_patchtokens=True)):
+    for recipe in (FeatureRecipe(pool="token"), FeatureRecipe(n_last_blocks=2),
+                   FeatureRecipe(avgpool_patchtokens=True)):
         with pytest.raises(UsageError, match="need a vision transformer"):
             recipe.check(resnet)
 

@@ -83,10 +83,12 @@ def test_the_mae_recipe_normalises_features_with_batchnorm_without_affine():
 
 @pytest.fixture
 def labelled(tmp_path):
-    return make_folder(tmp_path / "train", classes=3, per_class=10), make_folder(tmp_path / "val", classes=3, per_class=4, seed=1)
+    return (make_folder(tmp_path / "train", classes=3, per_class=10),
+            make_folder(tmp_path / "val", classes=3, per_class=4, seed=1))
 
 
-def test_probe_linear_reports_every_head_keeps_the_best_checkpoint_and_reuses_cached_features(labelled, tmp_path, monkeypatch):
+def test_probe_linear_reports_every_head_keeps_the_best_checkpoint_and_reuses_cached_features(labelled, tmp_path,
+                                                                                             monkeypatch):
     train_dir, val_dir = labelled
     settings = dict(img_size=32, epochs=3, batch_size=8, lr=[0.01, 1.0], device="cpu", workers=0)
     result = sslkit.probe_linear("timm:test_resnet", train_dir, val_dir, out=str(tmp_path / "run"), **settings)

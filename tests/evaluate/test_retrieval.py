@@ -45,7 +45,8 @@ def test_search_finds_the_exact_nearest_neighbours_and_chunking_changes_nothing(
     assert torch.equal(whole[1], expected.indices)
     torch.testing.assert_close(whole[0], expected.values)
     for chunk_size, query_chunk in ((7, 2), (1, 1), (13, 4)):
-        chunked = search(queries, [database[:20], database[20:]], 5, prepare, chunk_size=chunk_size, query_chunk=query_chunk)
+        chunked = search(queries, [database[:20], database[20:]], 5, prepare, chunk_size=chunk_size,
+                         query_chunk=query_chunk)
         assert torch.equal(chunked[1], whole[1])
         torch.testing.assert_close(chunked[0], whole[0])
 

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from sslkit.config import BYOLConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.engine.method import Progress
-from sslkit.methods.byol import BYOL, preset, regression_loss, resolve
+from sslkit.methods.byol import BYOL, BYOLConfig, preset, regression_loss, resolve
 
 
 def test_byol_loss_is_zero_for_identical_directions():
@@ -96,7 +96,8 @@ def test_resolve_scales_lr_with_batch_and_keeps_explicit_settings():
     train, options = resolve(TrainConfig(epochs=1000, batch_size=4096), BYOLConfig(), 1_281_167)
     assert train.optimizer == "lars" and train.lr == pytest.approx(0.2 * 16) and train.weight_decay == 1.5e-6
     assert train.warmup_epochs == 10 and options.tau_base == 0.996
-    train, options = resolve(TrainConfig(epochs=8, batch_size=64, lr=0.5, warmup_epochs=0), BYOLConfig(tau_base=0.9), 1000)
+    train, options = resolve(TrainConfig(epochs=8, batch_size=64, lr=0.5, warmup_epochs=0), BYOLConfig(tau_base=0.9),
+                             1000)
     assert train.lr == 0.5 and train.warmup_epochs == 0 and options.tau_base == 0.9
     train, _ = resolve(TrainConfig(epochs=8, batch_size=64), BYOLConfig(), 1000)
     assert train.warmup_epochs == 2  # a quarter of a run shorter than 40 epochs

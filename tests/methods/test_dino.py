@@ -5,14 +5,14 @@ import pytest
 import torch
 
 import sslkit
-from sslkit.config import DINOConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.data.views import MultiCrop, local_crop_size
 from sslkit.engine import checkpoint as ckpt
+from sslkit.engine.clipping import clip_each_norm
 from sslkit.engine.method import Progress
 from sslkit.engine.optim import build_optimizer
-from sslkit.engine.trainer import clip_each_norm
 from sslkit.errors import Interrupted, UsageError
-from sslkit.methods.dino import DINO, auto_preset, dino_loss, resolve, teacher_temperature, update_center
+from sslkit.methods.dino import DINO, DINOConfig, auto_preset, dino_loss, resolve, teacher_temperature, update_center
 from sslkit.models.heads import DINOHead
 from tests.conftest import interrupt_at
 
@@ -48,7 +48,8 @@ def test_center_moves_a_tenth_of_the_way_to_the_batch_mean_of_teacher_outputs():
     assert center[0].tolist() == pytest.approx([1.1, 1.1, 1.0])
 
 
-@pytest.mark.parametrize("epoch, expected", [(0, 0.04), (15, 0.04 + 0.03 * 15 / 29), (29, 0.07), (30, 0.07), (99, 0.07)])
+@pytest.mark.parametrize("epoch, expected",
+                         [(0, 0.04), (15, 0.04 + 0.03 * 15 / 29), (29, 0.07), (30, 0.07), (99, 0.07)])
 def test_teacher_temperature_warms_linearly_per_epoch(epoch, expected):
     assert teacher_temperature(epoch, 0.04, 0.07, 30) == pytest.approx(expected)
 
@@ -86,10 +87,9 @@ def test_per_parameter_clipping_scales_each_gradient_to_at_most_the_limit():
 
 def tiny_dino(**overrides) -> DINO:
     torch.manual_seed(0)
-    options = DINOConfig(arch="test_vit", img_size=32, out_dim=64, momentum_teacher=0.9, teacher_temp=0.04,
-                         warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0, local_crops_number=1)
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = DINOConfig(**{**dict(arch="test_vit", img_size=32, out_dim=64, momentum_teacher=0.9, teacher_temp=0.04,
+                                   warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0, local_crops_number=1),
+                            **overrides})
     return DINO(options)
 
 
@@ -174,7 +174,8 @@ def test_resumed_dino_run_equals_uninterrupted_run(image_folder, tmp_path):
     with interrupt_at(DINO, step=1), pytest.raises(Interrupted):
         sslkit.pretrain("dino", image_folder, tmp_path / "resumed", **settings)
     sslkit.pretrain("dino", image_folder, tmp_path / "resumed", resume=True, **settings)
-    assert [r.get("loss") for r in metrics(tmp_path / "straight")] == [r.get("loss") for r in metrics(tmp_path / "resumed")]
+    assert ([r.get("loss") for r in metrics(tmp_path / "straight")]
+            == [r.get("loss") for r in metrics(tmp_path / "resumed")])
     straight = ckpt.read_tensors(tmp_path / "straight" / "checkpoints" / "last.safetensors", "model.")
     resumed = ckpt.read_tensors(tmp_path / "resumed" / "checkpoints" / "last.safetensors", "model.")
     assert straight.keys() == resumed.keys() and "center" in straight

@@ -79,7 +79,8 @@ def test_randaugment_at_full_magnitude_never_fails(tmp_path):
 
 @pytest.fixture
 def labelled(tmp_path):
-    return make_folder(tmp_path / "train", classes=3, per_class=8), make_folder(tmp_path / "val", classes=3, per_class=4, seed=1)
+    return (make_folder(tmp_path / "train", classes=3, per_class=8),
+            make_folder(tmp_path / "val", classes=3, per_class=4, seed=1))
 
 
 TINY = dict(img_size=32, epochs=2, batch_size=4, device="cpu", workers=0, log_every=1, recipe="mae")
@@ -138,7 +139,8 @@ def test_the_semi_supervised_recipe_is_byols_and_simclrs():
     assert (given.lr, given.epochs) == (0.3, 7)
     assert ft.train_settings("semi-supervised", {}, 32, 0.4, 300, 10).lr == pytest.approx(0.4 * 32 / 256)
     mae = ft.train_settings("mae", {}, 512, 5e-4, 1_281_167, 1000)
-    assert (mae.optimizer, mae.weight_decay, mae.epochs, mae.warmup_epochs, mae.min_lr) == ("adamw", 0.05, 100, 5.0, 1e-6)
+    assert ((mae.optimizer, mae.weight_decay, mae.epochs, mae.warmup_epochs, mae.min_lr)
+            == ("adamw", 0.05, 100, 5.0, 1e-6))
     assert mae.lr == pytest.approx(1e-3) and tuple(mae.betas) == (0.9, 0.999) and not mae.nesterov
     assert ft.recipe_options("mae") == {}
 
@@ -149,7 +151,8 @@ def test_auto_picks_the_recipe_by_the_number_of_labelled_images():
     assert choose_recipe("auto", 300)[0] == "semi-supervised"
     assert choose_recipe("auto", 128_116)[0] == "semi-supervised"  # ImageNet's 10 %, as BYOL fine-tunes it
     assert choose_recipe("auto", 1_281_167)[0] == "mae"  # all of ImageNet, as MAE does
-    assert choose_recipe("mae", 300) == ("mae", "as --recipe asks") and choose_recipe("semi-supervised", 10**7)[0] == "semi-supervised"
+    assert (choose_recipe("mae", 300) == ("mae", "as --recipe asks")
+            and choose_recipe("semi-supervised", 10**7)[0] == "semi-supervised")
     assert "300 labelled images" in choose_recipe("auto", 300)[1]
 
 
@@ -184,7 +187,8 @@ def test_auto_fine_tunes_few_labels_semi_supervised_with_the_lr_chosen_on_held_o
     scores = list(zip(choice["held_out_top1"], [-loss for loss in choice["held_out_loss"]]))
     assert result["lr"] == choice["lr"] == choice["lrs"][scores.index(max(scores))]  # best top-1, then lowest loss
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["train"]["lr"] == choice["lr"] and config["train"]["optimizer"] == "sgd" and config["train"]["nesterov"]
+    assert (config["train"]["lr"] == choice["lr"] and config["train"]["optimizer"] == "sgd"
+            and config["train"]["nesterov"])
     assert config["finetune"]["recipe"] == "semi-supervised" and config["finetune"]["mixup"] == 0.0
     assert config["decided"]["lr_choice"] == choice and result["num_train"] == 24
     # --val chooses nothing: another val folder, the same choice and the same trained weights
@@ -209,9 +213,9 @@ def test_a_resumed_semi_supervised_run_keeps_its_chosen_lr_and_equals_an_uninter
     # the lr runs take 8 steps each (18 images, batch 4, 2 epochs); the run itself 12: step 10 is the run's
     with interrupt_at(Finetune, step=10), pytest.raises(Interrupted):
         sslkit.finetune("timm:test_resnet", train_dir, val_dir, tmp_path / "resumed", **SEMI)
-    from sslkit import api
+    from sslkit.methods import finetune_run
 
-    monkeypatch.setattr(api, "_choose_finetune_lr", lambda *a, **k: pytest.fail("the lr was chosen again"))
+    monkeypatch.setattr(finetune_run, "choose_finetune_lr", lambda *a, **k: pytest.fail("the lr was chosen again"))
     resumed = sslkit.finetune("timm:test_resnet", train_dir, val_dir, tmp_path / "resumed", resume=True, **SEMI)
     assert resumed["lr"] == straight["lr"] and resumed["lr_choice"] == straight["lr_choice"]
     a = ckpt.read_tensors(tmp_path / "straight" / "checkpoints" / "last.safetensors", "model.")

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import sslkit
-from sslkit.config import MAEConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.engine import checkpoint as ckpt
 from sslkit.errors import Interrupted, UsageError
 from sslkit.methods.mae import (
-    MAE, decoder_preset, masked_mse, patchify, random_masking, resolve, sincos_1d, sincos_2d, unpatchify,
+    MAE, MAEConfig, decoder_preset, masked_mse, patchify, random_masking, resolve, sincos_1d, sincos_2d, unpatchify,
 )
 from tests.conftest import interrupt_at
 

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import sslkit
-from sslkit.config import MAEConfig
+from sslkit.methods.mae import MAEConfig
 from sslkit.errors import UsageError
 from sslkit.methods.mae import MAE, normalize_patches, patchify
 from sslkit.visualize.reconstruct import load_mae, reconstruct, strip, strip_size
