@@ -140,16 +140,6 @@ def _out_of_memory(error: Exception) -> bool:
     return isinstance(error, MemoryError) or "can't allocate memory" in str(error)
 
 
-def parse_bool(name: str, value: str) -> bool:
-    """A boolean option that takes a value, as DINO's scripts spell them (``--norm_last_layer false``)."""
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise UsageError(f"--{name} takes true or false, not '{value}'")
-
-
 def write_json(path: Path | None, results: dict) -> None:
     if path is not None:
         files.write_json(path, results)
