@@ -8,7 +8,7 @@ from sslkit import __version__, console
 from sslkit.cli import attention, copydetect, embed, export, finetune, info, pretrain, probe, reconstruct
 from sslkit.cli.common import fail
 
-app = typer.Typer(
+_app = typer.Typer(
     name="sslkit",
     help="Self-supervised pretraining, evaluation and inspection of image encoders.",
     no_args_is_help=True,
@@ -16,15 +16,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-app.add_typer(pretrain.app, name="pretrain")
-app.add_typer(probe.app, name="probe")
-app.command(name="finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
-app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(attention.attention)
-app.command(name="reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(reconstruct.reconstruct)
-app.add_typer(copydetect.app, name="copydetect")
-app.command(name="export", help=export.HELP, epilog=export.EPILOG)(export.export)
-app.command(name="embed", help=embed.HELP, epilog=embed.EPILOG)(embed.embed)
-app.command(name="info", help=info.HELP, epilog=info.EPILOG)(info.info)
+_app.add_typer(pretrain.app, name="pretrain")
+_app.add_typer(probe.app, name="probe")
+_app.command(name="finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
+_app.command(name="attention", help=attention.HELP, epilog=attention.EPILOG)(attention.attention)
+_app.command(name="reconstruct", help=reconstruct.HELP, epilog=reconstruct.EPILOG)(reconstruct.reconstruct)
+_app.add_typer(copydetect.app, name="copydetect")
+_app.command(name="export", help=export.HELP, epilog=export.EPILOG)(export.export)
+_app.command(name="embed", help=embed.HELP, epilog=embed.EPILOG)(embed.embed)
+_app.command(name="info", help=info.HELP, epilog=info.EPILOG)(info.info)
 
 
 def _version(value: bool) -> None:
@@ -33,7 +33,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@_app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
@@ -42,8 +42,21 @@ def _root(
 
 
 def command_line(args: list[str]) -> list[str]:
-    """What ``main`` hands Typer for the command line ``args``: ``dashed``, then ``default_commands``."""
+    """What ``main`` hands Typer for the command line ``args``: ``dashed``, then ``default_commands``; the
+    methods' commands are added for ``sslkit pretrain`` only."""
+    if args[:1] == ["pretrain"]:
+        pretrain.add_methods()
     return default_commands(dashed(args))
+
+
+def __getattr__(name: str):
+    """``sslkit.cli.app``: the whole command line, ``sslkit pretrain METHOD`` included. The methods import torch
+    (seconds), so ``main`` adds them only when the command line is ``sslkit pretrain ...``, and every other
+    command and ``--help`` starts in a fraction of a second."""
+    if name == "app":
+        pretrain.add_methods()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_commands(args: list[str]) -> list[str]:
@@ -71,7 +84,7 @@ def main() -> None:
     # not standalone: a command line Typer rejects comes back here to be told in one line; typer.Exit comes
     # back as its exit code
     try:
-        code = app(args=command_line(sys.argv[1:]), prog_name="sslkit", standalone_mode=False)
+        code = _app(args=command_line(sys.argv[1:]), prog_name="sslkit", standalone_mode=False)
     except typer.TyperException as error:  # Typer's (vendored) Click exceptions derive from it
         code = command_line_error(error)
     except typer.Abort:  # end of input at a prompt

@@ -11,7 +11,6 @@ import typer
 from sslkit.cli.common import DRY_RUN_HELP, QUIET_HELP, examples, handle_errors, show_plan
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
 from sslkit.config import DATA, EVAL, HW, OPT, RUN, ContinueConfig, TrainConfig
-from sslkit.methods import METHODS, MethodSpec
 
 app = typer.Typer(no_args_is_help=True, help="Pretrain an image encoder without labels.")
 
@@ -28,7 +27,17 @@ PARAMETERS = (
 )
 
 
-def add_method(spec: MethodSpec) -> None:
+def add_methods() -> None:
+    """A command for each registered method not yet added (sslkit.methods imports torch: only when needed)."""
+    from sslkit.methods import METHODS
+
+    added = {command.name for command in app.registered_commands}
+    for spec in METHODS.values():
+        if spec.name not in added:
+            add_method(spec)
+
+
+def add_method(spec) -> None:
     """``sslkit pretrain NAME``: the method's own options, then the shared ones it takes."""
     classes = (spec.config, TrainConfig, ContinueConfig)
 
@@ -50,7 +59,3 @@ def add_method(spec: MethodSpec) -> None:
                *settings_options(ContinueConfig)]
     function = command([*PARAMETERS, *options], run, first=(None, RUN, OPT), last=(HW, DATA, EVAL))
     app.command(spec.name, help=spec.help, epilog=examples(*spec.examples))(function)
-
-
-for method in METHODS.values():
-    add_method(method)
