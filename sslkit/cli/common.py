@@ -7,11 +7,12 @@ import sys
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
 from sslkit import console, files
+from sslkit.cli.generate import option
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 
 RUN = "Run"
@@ -143,6 +144,18 @@ def _out_of_memory(error: Exception) -> bool:
 def write_json(path: Path | None, results: dict) -> None:
     if path is not None:
         files.write_json(path, results)
+
+
+JSON_OPTION = option("json_path", Optional[Path], "--json", help=JSON_HELP, callback=writable_file)
+QUIET_OPTION = option("quiet", bool, "--quiet", "-q", default=False, help=QUIET_HELP)
+
+
+def report(results: dict, json_path: Path | None, quiet: bool, show: Callable[[dict], None],
+           dry_run: bool = False) -> None:
+    """A command's results: to --json, then, unless --quiet, shown (a dry run's plan by show_plan)."""
+    write_json(json_path, results)
+    if not quiet:
+        (show_plan if dry_run else show)(results)
 
 
 def examples(*lines: str) -> str:

@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import (JSON_HELP, QUIET_HELP, examples, handle_errors, show_plan, writable_file,
-                               write_json)
+from sslkit.cli.common import JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
 from sslkit.config import DATA, FEATURES, HW, LABELLED, LINEAR_HELP, RUN, KNNConfig, LinearConfig
 
@@ -64,19 +63,14 @@ def _knn(model: str, train: Path, val: Path, json_path: Optional[Path], quiet: b
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        results = api.probe_knn(model, train, val, **given_settings(values, KNNConfig))
-        write_json(json_path, results)
-        if not quiet:
-            _show(results)
+        report(api.probe_knn(model, train, val, **given_settings(values, KNNConfig)), json_path, quiet, _show)
 
 
 def _common(train_help: str, val_help: str) -> list:
     """The model and the labelled folders; --json and --quiet."""
     return [argument("model", str, MODEL_HELP),
             option("train", Path, default=Parameter.empty, help=f"{LABELLED} {train_help}"),
-            option("val", Path, default=Parameter.empty, help=f"{LABELLED} {val_help}"),
-            option("json_path", Optional[Path], "--json", help=JSON_HELP, callback=writable_file),
-            option("quiet", bool, "--quiet", "-q", default=False, help=QUIET_HELP)]
+            option("val", Path, default=Parameter.empty, help=f"{LABELLED} {val_help}"), JSON_OPTION, QUIET_OPTION]
 
 
 knn = KNN_COMMAND(command([*_common("The k-NN memory.", "Scored against the memory."),
@@ -126,13 +120,7 @@ def _linear(model: str, train: Path, val: Path, json_path: Optional[Path], quiet
         from sslkit import api
 
         results = api.probe_linear(model, train, val, dry_run=dry_run, **given_settings(values, LinearConfig))
-        write_json(json_path, results)  # with --dry-run: the plan
-        if quiet:
-            return
-        if dry_run:
-            show_plan(results)
-        else:
-            _show_linear(results)
+        report(results, json_path, quiet, _show_linear, dry_run)
 
 
 LINEAR_DRY_RUN = ("Compute no feature and train nothing: print the resolved settings (the recipe's lr for the batch, "
