@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sslkit import config as cfg
+from sslkit.config import AttentionConfig, ExportConfig, InfoConfig, ReconstructConfig
 from sslkit.config import BenchmarkConfig, ContinueConfig, CopyDetectConfig, KNNConfig, LinearConfig, TrainConfig
 from sslkit.data.copybench import make_benchmark
 from sslkit.data.folders import image_files
@@ -25,7 +26,7 @@ from sslkit.evaluate.linear import run_linear_probe
 from sslkit.methods import METHODS
 from sslkit.methods.finetune_run import run_finetuning
 from sslkit.methods.pretrain import run_pretraining
-from sslkit.visualize.attention import POS_RESAMPLINGS, write_attention_maps
+from sslkit.visualize.attention import write_attention_maps
 from sslkit.visualize.reconstruct import write_reconstructions
 
 
@@ -94,7 +95,6 @@ def copydetect(model: str, database: str | Path, queries: str | Path, **settings
     matches as CSV. Times and peak memory are in ``seconds`` and ``peak_memory_mb``.
     """
     options = CopyDetectConfig(model=str(model), database=str(database), queries=str(queries), **_given(settings))
-    cfg.validate_copydetect(options)
     return run_copy_detection(options)
 
 
@@ -108,33 +108,31 @@ def make_copy_benchmark(source: str | Path, out: str | Path, *, workers: int | N
     return make_benchmark(source, out, options, default_workers() if workers is None else workers, force)
 
 
-def export(model: str, out: str | Path, *, format: str = "timm", checkpoint_key: str = "teacher",
-           arch: str | None = None, img_size: int | None = None, allow_partial: bool = False,
-           licence: str | None = None) -> dict:
+def export(model: str, out: str | Path, **settings) -> dict:
     """Write ``model``'s backbone to the safetensors file ``out``: in timm names (``format="timm"``), which
     ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads, or
-    as an sslkit checkpoint of the backbone alone (``"sslkit"``). Returns what was written."""
-    cfg.choice("checkpoint_key", checkpoint_key, ("teacher", "student"))
-    out = Path(out)
+    as an sslkit checkpoint of the backbone alone (``"sslkit"``). ``settings``: ``format``, ``checkpoint_key``,
+    ``arch``, ``img_size``, ``allow_partial``, ``licence`` (sslkit.config.ExportConfig). Returns what was written."""
+    options, out = ExportConfig(**_given(settings)), Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, not {out}")
-    loaded = load_backbone(str(model), checkpoint_key, img_size, arch=arch, allow_partial=allow_partial)
-    metadata = export_backbone(loaded, out, format, licence)
+    loaded = load_backbone(str(model), options.checkpoint_key, options.img_size, arch=options.arch,
+                           allow_partial=options.allow_partial)
+    metadata = export_backbone(loaded, out, options.format, options.licence)
     parameters = sum(p.numel() for p in loaded.module.parameters())
-    return {"model": str(model), "description": loaded.description, "out": str(out), "format": format,
+    return {"model": str(model), "description": loaded.description, "out": str(out), "format": options.format,
             "parameters": parameters, **metadata}
 
 
-def info(model: str, checkpoint_key: str = "teacher", arch: str | None = None) -> dict:
+def info(model: str, **settings) -> dict:
     """What ``model`` holds without using it: its kind, method, architecture, image and patch size, parameters,
-    step and epoch, licence, and whether its backbone tensors fit the architecture (sslkit.engine.modelinfo)."""
-    return model_info(str(model), checkpoint_key, arch)
+    step and epoch, licence, and whether its backbone tensors fit the architecture (sslkit.engine.modelinfo).
+    ``settings``: ``checkpoint_key``, ``arch`` (sslkit.config.InfoConfig)."""
+    options = InfoConfig(**_given(settings))
+    return model_info(str(model), options.checkpoint_key, options.arch)
 
 
-def attention(model: str, images: list[str | Path], out: str | Path, *, img_size: int = 480,
-              threshold: float | None = None, checkpoint_key: str = "teacher", arch: str | None = None,
-              pos_resample: str | None = None, allow_partial: bool = False, device: str = "auto",
-              force: bool = False) -> dict:
+def attention(model: str, images: list[str | Path], out: str | Path, **settings) -> dict:
     """Last-block CLS self-attention maps of a ViT for each image (files, or folders searched recursively).
 
     Writes, per image, ``out/<name>/``: ``img.png`` (the resized input), ``attn-head{j}.png``, ``attn-mean.png``,
@@ -142,33 +140,21 @@ def attention(model: str, images: list[str | Path], out: str | Path, *, img_size
     writes to ``out/attention.json``) per image its size, patch grid and share of attention in the central region.
     ``out`` may hold an earlier output of this command; with ``force`` other files too, never overwritten.
     ``pos_resample`` (dino or timm) says how the position embedding is resampled to each image's patch grid;
-    by default dino for official DINO weights, timm otherwise.
+    by default dino for official DINO weights, timm otherwise. ``settings``: sslkit.config.AttentionConfig.
     """
-    cfg.choice("device", device, cfg.DEVICES)
-    cfg.choice("checkpoint_key", checkpoint_key, ("teacher", "student"))
-    if pos_resample is not None:
-        cfg.choice("pos_resample", pos_resample, POS_RESAMPLINGS)
-    cfg.check_img_size("img_size", img_size)
-    if threshold is not None and not 0 < threshold < 1:
-        raise UsageError(f"--threshold must lie between 0 and 1, not {threshold}")
-    return write_attention_maps(str(model), image_files(images), out, img_size=img_size, threshold=threshold,
-                                checkpoint_key=checkpoint_key, arch=arch, pos_resample=pos_resample,
-                                allow_partial=allow_partial, device=device, force=force)
+    options = AttentionConfig(**_given(settings))
+    return write_attention_maps(str(model), image_files(images), out, options)
 
 
-def reconstruct(model: str, images: list[str | Path], out: str | Path, *, mask_ratio: float | None = None,
-                seed: int = 0, img_size: int | None = None, norm_pix: bool | None = None,
-                device: str = "auto", force: bool = False) -> dict:
+def reconstruct(model: str, images: list[str | Path], out: str | Path, **settings) -> dict:
     """MAE reconstructions: per image ``out/<name>.png``, a strip original | masked | reconstruction |
     reconstruction with the visible patches; returns (and writes to ``out/reconstruct.json``) each image's
     masked-patch loss. The same ``seed`` masks the same patches. ``out`` may hold an earlier output of this
-    command; with ``force`` other files too, never overwritten.
+    command; with ``force`` other files too, never overwritten. ``settings``: ``mask_ratio``, ``seed``,
+    ``img_size``, ``norm_pix_loss``, ``device``, ``force`` (sslkit.config.ReconstructConfig).
     """
-    cfg.choice("device", device, cfg.DEVICES)
-    cfg.check_img_size("img_size", img_size)
-    cfg.check_seed(seed)
-    return write_reconstructions(str(model), image_files(images), out, mask_ratio=mask_ratio, seed=seed,
-                                 img_size=img_size, norm_pix=norm_pix, device=device, force=force)
+    options = ReconstructConfig(**_given(settings))
+    return write_reconstructions(str(model), image_files(images), out, options)
 
 
 def _given(settings: dict) -> dict:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sslkit import console
 from sslkit.errors import UsageError
-from sslkit.settings import (Settings, choice, as_text, at_least_zero, below_1, check_type, each,
+from sslkit.settings import (Settings, as_text, at_least_zero, at_most_one, below_1, check_type, each,
                              one_of, pixels, positive, seed_range, setting, share, typed_fields)
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -266,78 +266,286 @@ LINEAR_HELP = {
 }
 
 
-@dataclass
-class CopyDetectConfig:
+COPY_DATA = "Data"  # copydetect's folders and ground truth
+COPY_POOLS = ("gem", "default", "token", "avg")
+
+
+def _cosine(name: str, value: float) -> None:
+    if not -1 <= value <= 1:
+        raise UsageError(f"--{name.replace('_', '-')} is a cosine similarity in [-1, 1], not {value}")
+
+
+@dataclass(frozen=True)
+class CopyDetectConfig(Settings):
     """Copy detection (DINO's eval_copy_detection): descriptors of --database (+ --distractors), searched by
     each query. The feature fields mean what they mean for FrozenConfig."""
 
-    model: str
-    database: str
-    queries: str
-    distractors: str | None = None  # more database images, never copies of a query
-    whiten: str | None = None  # folder the PCA whitening is learned on; None: no whitening
-    whiten_power: float = 0.5
-    ground_truth: str | None = None  # CSV / TSV file, copydays or prefix:N; None: matches only, no scores
-    top_k: int = 10
-    gem_p: float = 4.0
-    pool: str = "gem"  # DINO's CLS + GeM descriptor; default / token / avg as the probes take them
-    min_score: float | None = None  # --matches keeps only pairs scoring at least this
-    matches: str | None = None  # CSV of the ranked matches
-    img_size: int = 320
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    checkpoint_key: str = "teacher"
-    seed: int = 0
-    arch: str | None = None
-    allow_partial: bool = False
-    cache_dir: str | None = None
-    cache: bool = True
-    n_last_blocks: int = 1
-    avgpool_patchtokens: bool = False
+    model: str = field(kw_only=True)
+    database: str = field(kw_only=True)  # the originals
+    queries: str = field(kw_only=True)  # the copies
+    distractors: str | None = setting(None, "Folder of more database images that are copies of nothing.",
+                                      panel=COPY_DATA, cli=Path, parse=as_text)
+    whiten: str | None = setting(
+        None, "Folder to learn the PCA whitening on: images like the database's, none of them queries (DINO: 20k web "
+              "photos). Usually worth several mAP points.", panel=COPY_DATA, cli=Path, parse=as_text)
+    ground_truth: str | None = setting(
+        None, "CSV / TSV of query,original[,original...] (or with a header: query, original, attacks); copydays (a "
+              "query and its original share the first 4 characters of their names) or prefix:N. Without it, matches "
+              "only.", panel=COPY_DATA)
+    top_k: int = setting(10, "Matches kept per query; the scores use this list (DINO's evaluation: 20). Default "
+                             "{default}.", check=positive)
+    matches: str | None = setting(None, "Write the ranked matches as CSV: query,match,score,rank[,copy].", cli=Path,
+                                  parse=as_text)
+    min_score: float | None = setting(None, "--matches keeps only pairs with at least this cosine similarity (e.g. "
+                                            "0.9 to list near-duplicates).", check=_cosine)
+    whiten_power: float = setting(0.5, "Whitening power: 0.5 whitens fully (default), smaller values only flatten "
+                                       "the spectrum.", panel=FEATURES, check=positive)
+    gem_p: float = setting(4.0, "Power of the GeM pooling of the patch tokens (default 4; 1 is average pooling).",
+                           panel=FEATURES, check=positive)
+    pool: str = setting("gem", "gem (DINO's CLS + GeM descriptor, default), or default / token / avg as the probes "
+                               "take them.", panel=FEATURES, check=one_of(*COPY_POOLS))
+    img_size: int = setting(320, "Images are resized to this square (default {default}, DINO's; a multiple of a "
+                                 "ViT's patch size).", panel=FEATURES, check=pixels)
+    batch_size: int = setting(64, "Images per forward pass (default {default}).", check=positive)
+    workers: int | None = workers_setting()
+    device: str = device_setting()
+    precision: str = precision_setting()
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student (the online one).",
+                                  check=one_of(*KEYS))
+    seed: int = setting(0, "Seed of the weights of a timm: random-init baseline and of the --fraction drawn "
+                           "(default {default}).", check=seed_range)
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
+    allow_partial: bool = allow_partial_setting()
+    cache_dir: str | None = setting(None, "Feature cache (default $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features).",
+                                    panel=FEATURES, cli=Path, parse=as_text)
+    cache: bool = setting(True, "Read and write cached features (default on).", panel=FEATURES)
+    n_last_blocks: int = setting(1, check=positive)
+    avgpool_patchtokens: bool = setting(False)
 
 
-@dataclass
-class BenchmarkConfig:
-    """copydetect make-benchmark: how many images of each kind, and how the copies are made."""
-
-    originals: int | None = None  # None: up to 150 (Copydays has 157), fewer when the source is small
-    copies: int = 2  # strong copies per original (Copydays "strong": 229 for 157 originals)
-    distractors: int = 0
-    whiten: int = 0
-    max_size: int = 512  # longer side of every written image; 0 keeps the source size
-    min_attacks: int = 2
-    max_attacks: int = 4
-    quality: int = 90  # JPEG quality of the written files (the attacks' own JPEG is separate)
-    seed: int = 0
+def _jpeg_quality(name: str, value: int) -> None:
+    if not 1 <= value <= 100:
+        raise UsageError(f"--{name.replace('_', '-')} must lie in 1..100, not {value}")
 
 
-@dataclass
-class FinetuneConfig:
-    """Full fine-tuning with labels: MAE's main_finetune.py recipe (anchors.md 2.2); None: chosen for the model."""
+@dataclass(frozen=True)
+class BenchmarkConfig(Settings):
+    """copydetect make-benchmark: how many images of each kind, and how the copies are made (check_attacks relates
+    the attacks per copy to the attacks there are)."""
 
-    model: str
-    train: str
-    val: str
-    out: str
-    fraction: float = 1.0  # class-balanced share of --train's labelled images (BYOL's 1% / 10% tables)
-    recipe: str = "auto"  # semi-supervised | mae | auto (by the number of labelled images: methods/finetune.py)
-    blr: float = 5e-4  # lr = blr x batch / 256 unless --lr is given
-    layer_decay: float | None = None  # None: 0.65 for ViTs (0.75 from 24 blocks), 1 (off) for conv nets
-    drop_path: float = 0.1
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    randaug: str = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec; "none" turns it off
-    reprob: float = 0.25  # random erasing
-    pool: str = "default"  # default | token | avg (ViTs)
-    img_size: int | None = None
-    checkpoint_key: str = "teacher"
-    arch: str | None = None
-    allow_partial: bool = False
+    originals: int | None = setting(None, "Originals in the database (default: 150, or fewer if SRC is small).",
+                                    check=positive)  # Copydays has 157
+    copies: int = setting(2, "Strong copies (queries) per original (default {default}).",
+                          check=positive)  # Copydays "strong": 229 for 157 originals
+    distractors: int = setting(0, "Extra database images that no query copies (default {default}).",
+                               check=at_least_zero)
+    whiten: int = setting(0, "Images set aside to learn the whitening on (default {default}).", check=at_least_zero)
+    max_size: int = setting(512, "Longer side of the written images (default {default}; 0 keeps the source size).",
+                            check=at_least_zero)
+    min_attacks: int = setting(2, "Fewest attacks per copy (default {default}).", check=positive)
+    max_attacks: int = setting(4, "Most attacks per copy (default {default}).")
+    quality: int = setting(90, "JPEG quality of the written files (default {default}).",
+                           check=_jpeg_quality)  # the attacks' own JPEG is separate
+    seed: int = setting(0, "Which images and attacks are drawn (default {default}).", check=seed_range)
+
+
+def check_attacks(options: BenchmarkConfig, attacks: int) -> None:
+    """The attacks per copy lie in 1..``attacks`` (sslkit.data.attacks, which imports torch, has the count)."""
+    if not options.min_attacks <= options.max_attacks <= attacks:
+        raise UsageError(f"--min-attacks / --max-attacks must satisfy 1 <= min <= max <= {attacks}")
+
+
+OUTPUT = "Output"
+EMBED_FORMATS = ("safetensors", "npy", "csv")
+
+
+@dataclass(frozen=True)
+class EmbedConfig(Settings):
+    """What ``sslkit embed`` reads: the fields ``FrozenFeatures`` takes (those of FrozenConfig), and where the
+    embeddings go."""
+
+    model: str = field(kw_only=True)
+    data: str = field(kw_only=True)
+    out: str = field(kw_only=True)
+    format: str | None = setting(None, "safetensors, npy or csv (default: from the extension of --out).",
+                                 panel=OUTPUT, check=one_of(*EMBED_FORMATS))
+    labels: bool = setting(False, "DATA holds one sub-folder per class: write each image's class too (.npy: in "
+                                  "<stem>.labels.txt).", panel=OUTPUT, flags=("--labels",))
+    force: bool = setting(False, "Replace an earlier output of sslkit embed; any other file is never overwritten.",
+                          panel=OUTPUT, flags=("--force",))
+    img_size: int | None = setting(None, "Side of the centre crop (default: the model's training size; 224 for "
+                                         "timm:).", check=pixels)
+    batch_size: int = setting(256, "Images per forward pass (default {default}).", check=positive)
+    workers: int | None = workers_setting()
+    device: str = device_setting()
+    precision: str = precision_setting()
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student (the online one).",
+                                  check=one_of(*KEYS))
+    seed: int = setting(0, "Seed of the weights of a timm: random-init baseline and of the --fraction drawn "
+                           "(default {default}).", check=seed_range)
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
+    allow_partial: bool = allow_partial_setting()
+    pool: str = setting("default", "default (CLS token for ViTs, average pool for conv nets), token, avg (mean "
+                                   "patch token) or gem (CLS + GeM p=4 of the patch tokens, copy detection's "
+                                   "descriptor).", panel=FEATURES)
+    n_last_blocks: int | None = setting(None, "ViTs: concatenate the CLS tokens of the last N blocks (default 1, "
+                                              "as probe knn).", panel=FEATURES, check=positive)
+    avgpool_patchtokens: bool = setting(False, "ViTs: append the average patch token of the last block (DINO's "
+                                               "recipe for ViT-B).", panel=FEATURES)
+    gem_p: float = setting(4.0, "Power of --pool gem (default 4; 1 is average pooling).", panel=FEATURES,
+                           check=positive)
+    cache_dir: str | None = setting(None, "Feature cache (default $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features).",
+                                    panel=FEATURES, cli=Path, parse=as_text)
+    cache: bool = setting(True, "Read and write cached features (default on).", panel=FEATURES)
+
+
+REGULARISATION = "Regularisation"
+PROBABILITY = (at_least_zero, at_most_one)  # the messages say which end was crossed
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Settings):
+    """Full fine-tuning with labels: MAE's main_finetune.py recipe (anchors.md 2.2), or for few labels the
+    semi-supervised one (methods/finetune.py); None: chosen for the model."""
+
+    model: str = field(kw_only=True)
+    train: str = field(kw_only=True)
+    val: str = field(kw_only=True)
+    out: str = field(kw_only=True)
+    fraction: float = setting(1.0, "Share of each class of --train to train on, e.g. 0.01 or 0.1 (default 1).",
+                              panel=RUN, check=share)  # class-balanced (BYOL's 1% / 10% tables)
+    recipe: str = setting(
+        "auto", "auto (default: semi-supervised up to 200,000 labelled images, mae above), semi-supervised (BYOL / "
+                "SimCLR: SGD Nesterov, crops and flips, lr chosen on held-out training labels) or mae (MAE's "
+                "fine-tuning recipe).", panel=RUN, check=one_of("auto", "semi-supervised", "mae"))
+    blr: float = setting(5e-4, "Base lr: lr = blr x batch/256 (mae default 5e-4; semi-supervised: chosen on "
+                               "held-out labels unless given).", panel=OPT, check=positive)
+    layer_decay: float | None = setting(None, "Layer-wise lr decay for ViTs (mae default 0.65, 0.75 from 24 "
+                                              "blocks; semi-supervised 1: off).", panel=OPT,
+                                        check=(positive, at_most_one))
+    drop_path: float = setting(0.1, "Stochastic depth of ViT blocks (default: mae 0.1, semi-supervised 0).",
+                               panel=REGULARISATION, check=PROBABILITY)
+    smoothing: float = setting(0.1, "Label smoothing (default: mae 0.1, semi-supervised 0).", panel=REGULARISATION,
+                               check=PROBABILITY)
+    mixup: float = setting(0.8, "Mixup alpha (default: mae 0.8, semi-supervised 0; 0 with --cutmix 0 turns mixing "
+                                "off).", panel=REGULARISATION, check=at_least_zero)
+    cutmix: float = setting(1.0, "CutMix alpha (default: mae 1.0, semi-supervised 0).", panel=REGULARISATION,
+                            check=at_least_zero)
+    mixup_prob: float = setting(1.0, "Share of batches mixed (default 1).", panel=REGULARISATION, check=PROBABILITY)
+    mixup_switch_prob: float = setting(0.5, "Chance a mixed batch uses cutmix rather than mixup (default 0.5).",
+                                       panel=REGULARISATION, check=PROBABILITY)
+    randaug: str = setting("rand-m9-mstd0.5-inc1", "timm RandAugment spec (default: mae rand-m9-mstd0.5-inc1, "
+                                                   "semi-supervised none: off).", panel=REGULARISATION)
+    reprob: float = setting(0.25, "Random erasing probability (default: mae 0.25, semi-supervised 0).",
+                            panel=REGULARISATION, check=PROBABILITY)
+    pool: str = setting("default", "ViTs: default (CLS token), token or avg (mean patch token) feeds the head.",
+                        panel=RUN, check=one_of("default", "token", "avg"))
+    img_size: int | None = setting(None, "Side of the crops (default: the model's training size; 224 for timm:).",
+                                   panel=RUN, check=pixels)
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student.", panel=RUN,
+                                  check=one_of(*KEYS))
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).", panel=RUN)
+    allow_partial: bool = allow_partial_setting()
+
+
+# How finetune's --help reads where its TrainConfig fields mean more than pretraining's.
+FINETUNE_TRAIN_HELP = {
+    "epochs": "Passes over the (fraction of the) training set (default: semi-supervised 60 under 20 images per "
+              "class, else 30; mae 100).",
+    "batch_size": "Images per step (default 256; smaller for small labelled sets).",
+    "lr": "Peak lr, overriding --blr; fixes it (semi-supervised: no runs to choose it).",
+    "min_lr": "lr at the end of the cosine (default: semi-supervised 0, mae 1e-6).",
+    "warmup_epochs": "Epochs of linear warm-up (default: semi-supervised 0; mae 5, a tenth of runs under 50 epochs).",
+    "weight_decay": "Weight decay (default: semi-supervised 0, mae 0.05 with AdamW).",
+    "clip_grad": "Clip the global gradient norm (default 0: off).",
+    "accum_steps": "Split each batch into this many passes.",
+    "compile": "torch.compile the training step.",
+    "seed": "Seed of the head, the fraction, the held-out slice, the data order, augmentation and a timm: "
+            "baseline's weights (default 0).",
+    "save_every": "Write the last checkpoint every N epochs (default 1).",
+    "eval_every": "Score --val every N epochs and after the last (default: 1, or fewer when --val is over twice "
+                  "the training images, so scoring costs at most about what training does).",
+    "log_every": "Log every N steps (default 10).",
+}
+
+
+# ---------------------------------------------------------------- pictures and files of one model
+
+
+def output_force_setting():
+    return setting(False, "Write into an --out that holds files sslkit did not write there; they are never "
+                          "overwritten (sslkit refuses instead).", flags=("--force",))
+
+
+def _open_unit_interval(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must lie between 0 and 1, not {value}")
+
+
+POS_RESAMPLINGS = ("dino", "timm")
+
+
+@dataclass(frozen=True)
+class AttentionConfig(Settings):
+    """sslkit attention: the last block's CLS attention maps of a ViT (sslkit.visualize.attention)."""
+
+    img_size: int = setting(480, "Short side the images are resized to before cropping to multiples of the patch "
+                                 "size.", check=pixels, cli_default=True)
+    threshold: float | None = setting(None, "Also draw the masks keeping this share of the attention mass (DINO "
+                                            "uses 0.6).", check=_open_unit_interval)
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student.", check=one_of(*KEYS),
+                                  cli_default=True)
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViT-S/B/L).")
+    pos_resample: str | None = setting(
+        None, "How the position embedding is resampled to an image's patch grid: dino (bicubic with DINO's +0.1 "
+              "scale factors, as DINO's visualize_attention.py does) or timm (antialiased bicubic to the exact "
+              "grid). Default: dino for official DINO weights, which were trained with it, timm otherwise. The maps "
+              "of non-square images differ a lot between the two.", check=one_of(*POS_RESAMPLINGS))
+    allow_partial: bool = allow_partial_setting()
+    device: str = device_setting()
+    force: bool = output_force_setting()
+
+
+@dataclass(frozen=True)
+class ReconstructConfig(Settings):
+    """sslkit reconstruct: an MAE's masked-patch reconstructions (sslkit.visualize.reconstruct)."""
+
+    mask_ratio: float | None = setting(None, "Share of patches hidden from the encoder (default: the model's, "
+                                             "0.75).")
+    seed: int = setting(0, "Seed of the random mask: the same seed hides the same patches.", check=seed_range,
+                        cli_default=True)
+    img_size: int | None = setting(None, "Side the images are resized and centre-cropped to (default: the model's "
+                                         "training size; any multiple of the patch size).", check=pixels)
+    norm_pix_loss: bool | None = setting(
+        None, "Whether the model predicts per-patch-normalised pixels (default: from the run; for .pth files off for "
+              "mae_visualize_* and on otherwise).")
+    device: str = device_setting()
+    force: bool = output_force_setting()
+
+
+@dataclass(frozen=True)
+class ExportConfig(Settings):
+    """sslkit export: a backbone written as a safetensors file (sslkit.engine.checkpoint.export_backbone)."""
+
+    format: str = setting("timm", "timm (a plain state dict in timm names, default) or sslkit (an sslkit checkpoint "
+                                  "of the backbone alone).", flags=("--format",), cli_default=True)
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student.", check=one_of(*KEYS),
+                                  cli_default=True)
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
+    allow_partial: bool = allow_partial_setting()
+    licence: str | None = setting(None, "The weights' licence, written to the metadata (default: the imported "
+                                        "weights' when known, e.g. MAE's CC-BY-NC-4.0).")
+    img_size: int | None = setting(None, "ViTs: resample the position embedding for this image size (default: the "
+                                         "trained size).", check=pixels)
+
+
+@dataclass(frozen=True)
+class InfoConfig(Settings):
+    """sslkit info: what a model file holds (sslkit.engine.modelinfo)."""
+
+    checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student (the online one).",
+                                  check=one_of(*KEYS))
+    arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
 
 
 def with_defaults(settings, **defaults):
@@ -489,58 +697,3 @@ def check_img_size(name: str, value: int | None) -> None:
 def check_seed(value: int) -> None:
     seed_range("seed", value)
 
-
-def validate_frozen(options: FrozenConfig) -> None:
-    check_fields(options)
-    check_seed(options.seed)
-    check_img_size("img_size", options.img_size)
-    choice("device", options.device, DEVICES)
-    choice("precision", options.precision, PRECISIONS)
-    choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
-    for name in ("batch_size", "n_last_blocks"):
-        _positive(name, getattr(options, name))
-    _positive("workers", options.workers, allow_zero=True)
-
-
-def check_fraction(fraction: float) -> None:
-    if not 0 < fraction <= 1:
-        raise UsageError(f"--fraction must lie in (0, 1], not {fraction}")
-
-
-def validate_copydetect(options: CopyDetectConfig) -> None:
-    validate_frozen(options)
-    choice("pool", options.pool, ("gem", "default", "token", "avg"))
-    for name in ("top_k", "whiten_power", "gem_p"):
-        _positive(name, getattr(options, name))
-    if options.min_score is not None and not -1 <= options.min_score <= 1:
-        raise UsageError(f"--min-score is a cosine similarity in [-1, 1], not {options.min_score}")
-
-
-def validate_benchmark(options: BenchmarkConfig, attacks: int) -> None:
-    check_fields(options)
-    check_seed(options.seed)
-    for name in ("originals", "copies", "min_attacks"):
-        _positive(name, getattr(options, name))
-    for name in ("distractors", "whiten", "max_size"):
-        _positive(name, getattr(options, name), allow_zero=True)
-    if not options.min_attacks <= options.max_attacks <= attacks:
-        raise UsageError(f"--min-attacks / --max-attacks must satisfy 1 <= min <= max <= {attacks}")
-    if not 1 <= options.quality <= 100:
-        raise UsageError(f"--quality must lie in 1..100, not {options.quality}")
-
-
-def validate_finetune(options: FinetuneConfig) -> None:
-    check_fields(options)
-    check_img_size("img_size", options.img_size)
-    choice("checkpoint_key", options.checkpoint_key, ("teacher", "student"))
-    choice("pool", options.pool, ("default", "token", "avg"))
-    choice("recipe", options.recipe, ("auto", "semi-supervised", "mae"))
-    check_fraction(options.fraction)
-    for name in ("blr", "layer_decay"):
-        _positive(name, getattr(options, name))
-    for name in ("drop_path", "smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob"):
-        _positive(name, getattr(options, name), allow_zero=True)
-    for name in ("drop_path", "smoothing", "mixup_prob", "mixup_switch_prob", "reprob", "layer_decay"):
-        value = getattr(options, name)
-        if value is not None and value > 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at most 1, not {value}")

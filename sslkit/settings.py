@@ -25,17 +25,20 @@ Check = Callable[[str, Any], None]  # (field name, value) -> None, or raises Usa
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, check: Check | tuple = (),
             flags: tuple[str, ...] = (), cli: Any = None, parse: Callable | None = None,
-            factory: Callable | None = None) -> Any:
+            factory: Callable | None = None, cli_default: bool = False) -> Any:
     """A dataclass field with what the command line shows of it.
 
     ``check``: one check or a tuple of them, run on every value but None. ``flags``: the option's names when
     they are not ``--field-name`` (e.g. ``("--out", "-o")``, ``("--compile/--no-compile",)``); a single
     ``--name`` for a bool makes an on-switch that is never written as false. ``cli``: the type the command line
     reads when it is not the field's (``Path`` for a folder kept as text, ``str`` for ``true`` / ``false``),
-    and ``parse`` turns what it read into the field's value. ``help=""`` keeps a field off the command line.
+    and ``parse`` turns what it read into the field's value. ``cli_default``: the option shows the default
+    (commands without presets or settings files); otherwise it is None until given, so that a file or a preset
+    can fill it. ``help=""`` keeps a field off the command line.
     """
     checks = check if isinstance(check, tuple) else (check,)
-    metadata = {"help": help, "panel": panel, "checks": checks, "flags": flags, "cli": cli, "parse": parse}
+    metadata = {"help": help, "panel": panel, "checks": checks, "flags": flags, "cli": cli, "parse": parse,
+                "cli_default": cli_default}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

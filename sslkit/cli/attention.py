@@ -3,49 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
-import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import AllowPartial, Device, JsonOut, OutputForce, Quiet, examples, handle_errors, write_json
+from sslkit.cli.common import IMAGES, JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
+from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
+from sslkit.config import HW, AttentionConfig
 
 
-def attention(
-    model: Annotated[str, typer.Argument(
-        help="A ViT: a run directory, an sslkit .safetensors, an official DINO / MAE .pth, or timm:ARCH.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Output folder: one sub-folder of PNGs per image, and attention.json.")],
-    img_size: Annotated[int, typer.Option(
-        help="Short side the images are resized to before cropping to multiples of the patch size.")] = 480,
-    threshold: Annotated[Optional[float], typer.Option(
-        help="Also draw the masks keeping this share of the attention mass (DINO uses 0.6).")] = None,
-    checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
-    arch: Annotated[Optional[str], typer.Option(
-        help="timm name of a .pth file's model (inferred for ViT-S/B/L).")] = None,
-    pos_resample: Annotated[Optional[str], typer.Option(
-        help="How the position embedding is resampled to an image's patch grid: dino (bicubic with DINO's +0.1 "
-             "scale factors, as DINO's visualize_attention.py does) or timm (antialiased bicubic to the exact "
-             "grid). Default: dino for official DINO weights, which were trained with it, timm otherwise. The "
-             "maps of non-square images differ a lot between the two.")] = None,
-    allow_partial: AllowPartial = False,
-    device: Device = None,
-    force: OutputForce = False,
-    json_path: JsonOut = None,
-    quiet: Quiet = False,
-):
+def _attention(model: str, images: list[Path], out: Path, json_path: Optional[Path], quiet: bool, **values):
     """Self-attention of the CLS token over the patches in the last block, per head, as PNG heat maps."""
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        results = api.attention(model, images, out, img_size=img_size, threshold=threshold,
-                                checkpoint_key=checkpoint_key, arch=arch, pos_resample=pos_resample,
-                                allow_partial=allow_partial, device=device or "auto", force=force)
-        write_json(json_path, results)
-        if not quiet:
-            _show(results)
+        results = api.attention(model, images, out, **given_settings(values, AttentionConfig))
+        report(results, json_path, quiet, _show)
+
+
+attention = command([
+    argument("model", str, "A ViT: a run directory, an sslkit .safetensors, an official DINO / MAE .pth, or "
+                           "timm:ARCH."),
+    IMAGES, option("out", Path, "--out", "-o", default=Parameter.empty,
+                   help="Output folder: one sub-folder of PNGs per image, and attention.json."),
+    *settings_options(AttentionConfig), JSON_OPTION, QUIET_OPTION], _attention, first=(None,), last=(HW,))
 
 
 HELP = (

@@ -12,7 +12,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from sslkit import console, files
-from sslkit.cli.generate import option
+from sslkit.cli.generate import argument, option
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 
 RUN = "Run"
@@ -147,6 +147,9 @@ def write_json(path: Path | None, results: dict) -> None:
 
 
 JSON_OPTION = option("json_path", Optional[Path], "--json", help=JSON_HELP, callback=writable_file)
+MODEL_HELP = ("A run directory, an sslkit .safetensors checkpoint, an official DINO / MAE .pth, timm:ARCH (random "
+              "init) or pixels:N (an N x N thumbnail, the no-learning baseline).")
+IMAGES = argument("images", list[Path], "Image files or folders (searched recursively).")
 QUIET_OPTION = option("quiet", bool, "--quiet", "-q", default=False, help=QUIET_HELP)
 
 

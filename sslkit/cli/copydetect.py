@@ -3,16 +3,17 @@ sslkit copydetect make-benchmark SRC OUT: a strong-attack benchmark from any fol
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import (AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors,
-                               writable_file, write_json)
-from sslkit.cli.probe import Arch, Cache, CacheDir, CheckpointKey, Model, Seed
+from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report, writable_file
+from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
+from sslkit.config import COPY_DATA, FEATURES, HW, BenchmarkConfig, CopyDetectConfig, workers_setting
 
 
 SEARCH, MAKE_BENCHMARK = "search", "make-benchmark"
@@ -32,6 +33,15 @@ SEARCH_HELP = (
     "(all pairs ranked together), recall@1 and recall@10, in percent, and mAP per attack when the file names "
     "them. Scores tied with a wrong match never earn credit."
 )
+SEARCH_EXAMPLES = examples(
+    "sslkit copydetect runs/dino --database bench/database --queries bench/queries "
+    "--ground-truth bench/ground_truth.csv",
+    "sslkit copydetect dino_vitbase8_pretrain.pth --database copydays/original --queries copydays/strong "
+    "--ground-truth copydays --whiten yfcc20k/ --distractors yfcc10k/ --top-k 20",
+    "sslkit copydetect runs/dino --database photos/ --queries photos/ --min-score 0.9 --matches duplicates.csv",
+    "sslkit copydetect pixels:16 --database bench/database --queries bench/queries "
+    "--ground-truth bench/ground_truth.csv",
+)
 
 
 app = typer.Typer(
@@ -45,88 +55,41 @@ app = typer.Typer(
         "--whiten bench/whiten --ground-truth bench/ground_truth.csv --json copydetect.json",
     ),
 )
-DATA = "Data"
-FEATURES = "Features"
 
 
-@app.command(
+SEARCH_COMMAND = app.command(
     name=SEARCH,
     short_help="Search --database for copies of each query; mAP with --ground-truth (the default command).",
     help=SEARCH_HELP,
-    epilog=examples(
-        "sslkit copydetect runs/dino --database bench/database --queries bench/queries "
-        "--ground-truth bench/ground_truth.csv",
-        "sslkit copydetect dino_vitbase8_pretrain.pth --database copydays/original --queries copydays/strong "
-        "--ground-truth copydays --whiten yfcc20k/ --distractors yfcc10k/ --top-k 20",
-        "sslkit copydetect runs/dino --database photos/ --queries photos/ --min-score 0.9 --matches duplicates.csv",
-        "sslkit copydetect pixels:16 --database bench/database --queries bench/queries "
-        "--ground-truth bench/ground_truth.csv",
-    ),
+    epilog=SEARCH_EXAMPLES,
 )
-def search(
-    model: Model,
-    database: Annotated[Path, typer.Option(
-        help="Folder of the images searched (the originals).", rich_help_panel=DATA)],
-    queries: Annotated[Path, typer.Option(help="Folder of the query images (the copies).", rich_help_panel=DATA)],
-    distractors: Annotated[Optional[Path], typer.Option(
-        help="Folder of more database images that are copies of nothing.", rich_help_panel=DATA)] = None,
-    whiten: Annotated[Optional[Path], typer.Option(
-        help="Folder to learn the PCA whitening on: images like the database's, none of them queries (DINO: 20k web "
-             "photos). Usually worth several mAP points.", rich_help_panel=DATA)] = None,
-    ground_truth: Annotated[Optional[str], typer.Option(
-        help="CSV / TSV of query,original[,original...] (or with a header: query, original, attacks); copydays (a "
-             "query and its original share the first 4 characters of their names) or prefix:N. Without it, matches "
-             "only.", rich_help_panel=DATA)] = None,
-    top_k: Annotated[Optional[int], typer.Option(
-        help="Matches kept per query; the scores use this list (DINO's evaluation: 20). Default 10.")] = None,
-    matches: Annotated[Optional[Path], typer.Option(
-        help="Write the ranked matches as CSV: query,match,score,rank[,copy].", callback=writable_file)] = None,
-    min_score: Annotated[Optional[float], typer.Option(
-        help="--matches keeps only pairs with at least this cosine similarity (e.g. 0.9 to list "
-             "near-duplicates).")] = None,
-    whiten_power: Annotated[Optional[float], typer.Option(
-        help="Whitening power: 0.5 whitens fully (default), smaller values only flatten the spectrum.",
-        rich_help_panel=FEATURES)] = None,
-    gem_p: Annotated[Optional[float], typer.Option(
-        help="Power of the GeM pooling of the patch tokens (default 4; 1 is average pooling).",
-        rich_help_panel=FEATURES)] = None,
-    pool: Annotated[Optional[str], typer.Option(
-        help="gem (DINO's CLS + GeM descriptor, default), or default / token / avg as the probes take them.",
-        rich_help_panel=FEATURES)] = None,
-    img_size: Annotated[Optional[int], typer.Option(
-        help="Images are resized to this square (default 320, DINO's; a multiple of a ViT's patch size).",
-        rich_help_panel=FEATURES)] = None,
-    checkpoint_key: CheckpointKey = None,
-    arch: Arch = None,
-    allow_partial: AllowPartial = False,
-    seed: Seed = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 64).")] = None,
-    cache_dir: CacheDir = None,
-    cache: Cache = None,
-    workers: Workers = None,
-    device: Device = None,
-    precision: Precision = None,
-    json_path: JsonOut = None,
-    quiet: Quiet = False,
-):
+
+
+def _search(model: str, database: Path, queries: Path, json_path: Optional[Path], quiet: bool, **values):
     """Search --database for copies of each image of --queries."""
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        results = api.copydetect(
-            model, database, queries, distractors=_text(distractors), whiten=_text(whiten), ground_truth=ground_truth,
-            top_k=top_k, matches=_text(matches), min_score=min_score, whiten_power=whiten_power, gem_p=gem_p,
-            pool=pool, img_size=img_size, checkpoint_key=checkpoint_key, arch=arch, allow_partial=allow_partial,
-            seed=seed, batch_size=batch_size,
-            cache_dir=_text(cache_dir), cache=cache, workers=workers, device=device, precision=precision,
-        )
-        write_json(json_path, results)
-        if not quiet:
-            _show(results)
+        results = api.copydetect(model, database, queries, **given_settings(values, CopyDetectConfig))
+        report(results, json_path, quiet, _show)
 
 
-def _text(path: Path | None) -> str | None:
-    return str(path) if path is not None else None
+def _checked_when_read(cls, name: str) -> Parameter:
+    """The option of ``cls``'s output file ``name``, refused while the command line is read if it cannot be
+    written (settings_options makes options without a callback)."""
+    text = next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+    return option(name, Optional[Path], help=text, callback=writable_file)
+
+
+search = SEARCH_COMMAND(command(
+    [argument("model", str, MODEL_HELP),
+     option("database", Path, default=Parameter.empty, help="Folder of the images searched (the originals).",
+            rich_help_panel=COPY_DATA),
+     option("queries", Path, default=Parameter.empty, help="Folder of the query images (the copies).",
+            rich_help_panel=COPY_DATA),
+     _checked_when_read(CopyDetectConfig, "matches"), JSON_OPTION, QUIET_OPTION,
+     *settings_options(CopyDetectConfig, skip=("matches",))],
+    _search, first=(COPY_DATA, None, FEATURES), last=(HW,)))
 
 
 def _show(results: dict) -> None:
@@ -167,7 +130,7 @@ def _show(results: dict) -> None:
                          + (f"; matches in {results['matches']}" if results["matches"] else ""), markup=False)
 
 
-@app.command(
+BENCHMARK_COMMAND = app.command(
     name=MAKE_BENCHMARK,
     short_help="Build a strong-attack copy-detection benchmark from any folder of images.",
     help=(
@@ -185,43 +148,35 @@ def _show(results: dict) -> None:
         "--whiten 2000 --seed 1",
     ),
 )
-def make_benchmark(
-    source: Annotated[Path, typer.Argument(help="Folder of source images (searched recursively; labels ignored).")],
-    out: Annotated[Path, typer.Argument(
-        help="Output folder: new or empty, or with --force an earlier benchmark (never a folder of other files, and "
-             "never SRC or a folder in or around it).")],
-    originals: Annotated[Optional[int], typer.Option(
-        help="Originals in the database (default: 150, or fewer if SRC is small).")] = None,
-    copies: Annotated[Optional[int], typer.Option(help="Strong copies (queries) per original (default 2).")] = None,
-    distractors: Annotated[Optional[int], typer.Option(
-        help="Extra database images that no query copies (default 0).")] = None,
-    whiten: Annotated[Optional[int], typer.Option(
-        help="Images set aside to learn the whitening on (default 0).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(
-        help="Longer side of the written images (default 512; 0 keeps the source size).")] = None,
-    min_attacks: Annotated[Optional[int], typer.Option(help="Fewest attacks per copy (default 2).")] = None,
-    max_attacks: Annotated[Optional[int], typer.Option(help="Most attacks per copy (default 4).")] = None,
-    quality: Annotated[Optional[int], typer.Option(help="JPEG quality of the written files (default 90).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Which images and attacks are drawn (default 0).")] = None,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace OUT if it holds an earlier benchmark (and nothing else).")] = False,
-    workers: Workers = None,
-    json_path: JsonOut = None,
-    quiet: Quiet = False,
-):
+
+
+def _make_benchmark(source: Path, out: Path, workers: Optional[int], force: bool, json_path: Optional[Path],
+                    quiet: bool, **values):
     """Make a strong-attack copy-detection benchmark."""
     with handle_errors(quiet):
         from sslkit import api
 
-        summary = api.make_copy_benchmark(
-            source, out, originals=originals, copies=copies, distractors=distractors, whiten=whiten,
-            max_size=max_size, min_attacks=min_attacks, max_attacks=max_attacks, quality=quality, seed=seed,
-            workers=workers, force=force,
-        )
-        write_json(json_path, summary)
-        if not quiet:
-            console.stdout.print(
-                f"{out}: {summary['originals']} originals, {summary['num_queries']} queries, "
-                f"{summary['distractors']} distractors, {summary['whiten']} whitening images; "
-                f"ground truth in {out / 'ground_truth.csv'}", markup=False, soft_wrap=True,
-            )
+        summary = api.make_copy_benchmark(source, out, workers=workers, force=force,
+                                          **given_settings(values, BenchmarkConfig))
+        report(summary, json_path, quiet, _show_benchmark)
+
+
+# --workers and --force say how the benchmark is made, not what it holds (benchmark.json records BenchmarkConfig)
+make_benchmark = BENCHMARK_COMMAND(command(
+    [argument("source", Path, "Folder of source images (searched recursively; labels ignored)."),
+     argument("out", Path, "Output folder: new or empty, or with --force an earlier benchmark (never a folder of "
+                           "other files, and never SRC or a folder in or around it)."),
+     option("force", bool, "--force", default=False,
+            help="Replace OUT if it holds an earlier benchmark (and nothing else)."),
+     option("workers", Optional[int], help=workers_setting().metadata["help"], rich_help_panel=HW),
+     JSON_OPTION, QUIET_OPTION, *settings_options(BenchmarkConfig)],
+    _make_benchmark, last=(HW,)))
+
+
+def _show_benchmark(summary: dict) -> None:
+    out = Path(summary["out"])
+    console.stdout.print(
+        f"{out}: {summary['originals']} originals, {summary['num_queries']} queries, "
+        f"{summary['distractors']} distractors, {summary['whiten']} whitening images; "
+        f"ground truth in {out / 'ground_truth.csv'}", markup=False, soft_wrap=True,
+    )

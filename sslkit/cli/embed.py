@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 from sslkit import console
-from sslkit.cli.common import (AllowPartial, Device, JsonOut, Precision, Quiet, Workers, examples, handle_errors,
-                               writable_file, write_json)
-from sslkit.cli.probe import (FEATURES, Arch, AvgpoolPatchtokens, BatchSize, Cache, CacheDir,
-                              CheckpointKey, ImgSize, Model, Pool, Seed)
+from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report, writable_file
+from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
+from sslkit.config import FEATURES, HW, OUTPUT, EmbedConfig
 from sslkit.errors import UsageError
-
-OUTPUT = "Output"
 
 HELP = (
     "Write the frozen features of every image under DATA (recursively) to one file, for your own search, "
@@ -35,64 +30,24 @@ EPILOG = examples(
 )
 
 
-Data = Annotated[Path, typer.Argument(
-    help="Folder of images, read recursively (with --labels: one sub-folder per class).")]
-Out = Annotated[Path, typer.Option(
-    "--out", "-o", help="The file to write (atomically): .safetensors, .npy or .csv.", callback=writable_file,
-    rich_help_panel=OUTPUT)]
-Format = Annotated[Optional[str], typer.Option(
-    "--format", help="safetensors, npy or csv (default: from the extension of --out).", rich_help_panel=OUTPUT)]
-Labels = Annotated[bool, typer.Option(
-    "--labels", help="DATA holds one sub-folder per class: write each image's class too (.npy: in "
-                     "<stem>.labels.txt).", rich_help_panel=OUTPUT)]
-Force = Annotated[bool, typer.Option(
-    "--force", help="Replace an earlier output of sslkit embed; any other file is never overwritten.",
-    rich_help_panel=OUTPUT)]
-NLastBlocks = Annotated[Optional[int], typer.Option(
-    help="ViTs: concatenate the CLS tokens of the last N blocks (default 1, as probe knn).", rich_help_panel=FEATURES)]
-GemP = Annotated[Optional[float], typer.Option(
-    help="Power of --pool gem (default 4; 1 is average pooling).", rich_help_panel=FEATURES)]
-
-
-def embed(
-    model: Model,
-    data: Data,
-    out: Out,
-    format: Format = None,
-    labels: Labels = False,
-    force: Force = False,
-    checkpoint_key: CheckpointKey = None,
-    seed: Seed = None,
-    arch: Arch = None,
-    allow_partial: AllowPartial = False,
-    img_size: ImgSize = None,
-    batch_size: BatchSize = None,
-    pool: Pool = None,
-    n_last_blocks: NLastBlocks = None,
-    avgpool_patchtokens: AvgpoolPatchtokens = None,
-    gem_p: GemP = None,
-    cache_dir: CacheDir = None,
-    cache: Cache = None,
-    workers: Workers = None,
-    device: Device = None,
-    precision: Precision = None,
-    json_path: JsonOut = None,
-    quiet: Quiet = False,
-):
+def _embed(model: str, data: Path, out: Path, json_path: Optional[Path], quiet: bool, **values):
     """Write every image's embedding to a file."""
     with handle_errors(quiet):
         from sslkit.evaluate import embed as embedding  # imports torch: only once a command runs
 
-        _check_json_apart(json_path, embedding.output_paths(out, embedding.output_format(out, format), labels))
-        result = embedding.embed(
-            model, data, out, force=force, format=format, labels=labels, checkpoint_key=checkpoint_key, seed=seed,
-            arch=arch, allow_partial=allow_partial, img_size=img_size, batch_size=batch_size, pool=pool,
-            n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool_patchtokens, gem_p=gem_p,
-            cache_dir=str(cache_dir) if cache_dir else None, cache=cache, workers=workers, device=device,
-            precision=precision,
-        )
-        write_json(json_path, result)
-        console.info(_summary(result))
+        settings = given_settings(values, EmbedConfig)
+        fmt = embedding.output_format(out, settings.get("format"))
+        _check_json_apart(json_path, embedding.output_paths(out, fmt, settings.get("labels", False)))
+        report(embedding.embed(model, data, out, **settings), json_path, quiet, _show)
+
+
+embed = command([argument("model", str, MODEL_HELP),
+                 argument("data", Path, "Folder of images, read recursively (with --labels: one sub-folder per "
+                                        "class)."),
+                 option("out", Path, "--out", "-o", default=Parameter.empty, callback=writable_file,
+                        help="The file to write (atomically): .safetensors, .npy or .csv.", rich_help_panel=OUTPUT),
+                 JSON_OPTION, QUIET_OPTION, *settings_options(EmbedConfig)],
+                _embed, first=(OUTPUT, None, FEATURES), last=(HW,))
 
 
 def _check_json_apart(json_path: Path | None, targets: list[Path]) -> None:
@@ -101,11 +56,11 @@ def _check_json_apart(json_path: Path | None, targets: list[Path]) -> None:
         raise UsageError(f"--json {json_path} is a file the embeddings go to; give it another name")
 
 
-def _summary(result: dict) -> str:
+def _show(result: dict) -> None:
     """``wrote N embeddings of dimension D to FILE in S.S s``, naming the lists beside a .npy file."""
     line = (f"wrote {result['num_images']} embeddings of dimension {result['dim']} to {result['out']} "
             f"in {result['seconds']:.1f} s")
     beside = result["files"][1:]
     if beside:
         line += f" (file names in {beside[0]}" + (f", labels in {beside[1]})" if len(beside) > 1 else ")")
-    return line
+    console.info(line)

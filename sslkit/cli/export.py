@@ -3,54 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
-import typer
 
 from sslkit import console
-from sslkit.cli.common import AllowPartial, JsonOut, Quiet, examples, handle_errors, writable_file, write_json
-from sslkit.cli.probe import Arch, Model
+from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report, writable_file
+from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
+from sslkit.config import ExportConfig
 
 
-def export(
-    model: Model,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write (atomically).",
-                                      callback=writable_file)],
-    format: Annotated[str, typer.Option(
-        "--format",
-        help="timm (a plain state dict in timm names, default) or sslkit (an sslkit checkpoint of the "
-             "backbone alone).")] = "timm",
-    checkpoint_key: Annotated[str, typer.Option(help="teacher (the EMA network, default) or student.")] = "teacher",
-    arch: Arch = None,
-    allow_partial: AllowPartial = False,
-    licence: Annotated[Optional[str], typer.Option(
-        help="The weights' licence, written to the metadata (default: the imported weights' when known, e.g. MAE's "
-             "CC-BY-NC-4.0).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(
-        help="ViTs: resample the position embedding for this image size (default: the trained size).")] = None,
-    json_path: JsonOut = None,
-    quiet: Quiet = False,
-):
+def _export(model: str, out: Path, json_path: Optional[Path], quiet: bool, **values):
     """Export a backbone."""
     with handle_errors(quiet):
         from sslkit import api
 
-        result = api.export(model, out, format=format, checkpoint_key=checkpoint_key, arch=arch,
-                            img_size=img_size, allow_partial=allow_partial, licence=licence)
-        write_json(json_path, result)
-        if not quiet:
-            console.stdout.print(
-                f"{result['out']}: {result['description']}, {result['parameters']:,} parameters, "
-                f"{result['img_size']} px, {result['format']} format", markup=False, soft_wrap=True)
-            if result.get("licence"):
-                console.stdout.print(f"licence: {result['licence']}", markup=False, soft_wrap=True)
-            if format == "timm":
-                console.stdout.print(
-                    f"timm.create_model(\"{result['arch']}\", pretrained=True, num_classes=0, "
-                    + (f"img_size={result['img_size']}, " if result["patch_size"] else "")
-                    + (f"global_pool=\"{result['pooling']}\", " if result["patch_size"] and result["pooling"] != "token"
-                       else "")  # MAE's fine-tuned ViTs average-pool through fc_norm
-                    + f"pretrained_cfg_overlay=dict(file=\"{result['out']}\"))", markup=False, soft_wrap=True)
+        report(api.export(model, out, **given_settings(values, ExportConfig)), json_path, quiet, _show)
+
+
+def _show(result: dict) -> None:
+    console.stdout.print(
+        f"{result['out']}: {result['description']}, {result['parameters']:,} parameters, "
+        f"{result['img_size']} px, {result['format']} format", markup=False, soft_wrap=True)
+    if result.get("licence"):
+        console.stdout.print(f"licence: {result['licence']}", markup=False, soft_wrap=True)
+    if result["format"] == "timm":
+        console.stdout.print(
+            f"timm.create_model(\"{result['arch']}\", pretrained=True, num_classes=0, "
+            + (f"img_size={result['img_size']}, " if result["patch_size"] else "")
+            + (f"global_pool=\"{result['pooling']}\", " if result["patch_size"] and result["pooling"] != "token"
+               else "")  # MAE's fine-tuned ViTs average-pool through fc_norm
+            + f"pretrained_cfg_overlay=dict(file=\"{result['out']}\"))", markup=False, soft_wrap=True)
+
+
+export = command([argument("model", str, MODEL_HELP),
+                  option("out", Path, "--out", "-o", default=Parameter.empty, callback=writable_file,
+                         help="The .safetensors file to write (atomically)."),
+                  *settings_options(ExportConfig), JSON_OPTION, QUIET_OPTION], _export)
 
 
 HELP = (

@@ -47,6 +47,8 @@ def _setting_option(f, kind: Any, text: str) -> Parameter:
     if _unwrapped(kind) is bool and len(flags) == 1 and "/" not in flags[0]:  # an on-switch: --force
         return option(f.name, bool, *flags, default=False, **info)
     read_as = meta.get("cli") or _unwrapped(kind)
+    if meta.get("cli_default"):
+        return option(f.name, read_as, *flags, default=f.default, **info)
     return option(f.name, Optional[read_as], *flags, **info)
 
 

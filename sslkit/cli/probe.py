@@ -9,14 +9,12 @@ import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
+from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
 from sslkit.config import DATA, FEATURES, HW, LABELLED, LINEAR_HELP, RUN, KNNConfig, LinearConfig
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
-MODEL_HELP = ("A run directory, an sslkit .safetensors checkpoint, an official DINO / MAE .pth, timm:ARCH (random "
-              "init) or pixels:N (an N x N thumbnail, the no-learning baseline).")
 Model = Annotated[str, typer.Argument(help=MODEL_HELP)]
 ImgSize = Annotated[Optional[int], typer.Option(
     help="Side of the centre crop (default: the model's training size; 224 for timm:).")]

@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
-import typer
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import Device, JsonOut, OutputForce, Quiet, examples, handle_errors, write_json
+from sslkit.cli.common import IMAGES, JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
+from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
+from sslkit.config import HW, ReconstructConfig
 
 
-def reconstruct(
-    model: Annotated[str, typer.Argument(
-        help="An MAE with its decoder: a run directory, an sslkit MAE .safetensors, or an official "
-             "mae_visualize_vit_*.pth / mae_pretrain_vit_*_full.pth.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Output folder: one PNG strip per image, and reconstruct.json.")],
-    mask_ratio: Annotated[Optional[float], typer.Option(
-        help="Share of patches hidden from the encoder (default: the model's, 0.75).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random mask: the same seed hides the same patches.")] = 0,
-    img_size: Annotated[Optional[int], typer.Option(
-        help="Side the images are resized and centre-cropped to (default: the model's training size; any multiple of "
-             "the patch size).")] = None,
-    norm_pix_loss: Annotated[Optional[bool], typer.Option(
-        "--norm-pix-loss/--no-norm-pix-loss",
-        help="Whether the model predicts per-patch-normalised pixels (default: from the run; for .pth files off for "
-             "mae_visualize_* and on otherwise).")] = None,
-    device: Device = None,
-    force: OutputForce = False,
-    json_path: JsonOut = None,
-    quiet: Quiet = False,
-):
+def _reconstruct(model: str, images: list[Path], out: Path, json_path: Optional[Path], quiet: bool, **values):
     """MAE reconstructions: original | masked | reconstruction | reconstruction with the visible patches."""
     with handle_errors(quiet):
         from sslkit import api  # imports torch: only once a command runs
 
-        results = api.reconstruct(model, images, out, mask_ratio=mask_ratio, seed=seed, img_size=img_size,
-                                  norm_pix=norm_pix_loss, device=device or "auto", force=force)
-        write_json(json_path, results)
-        if not quiet:
-            _show(results)
+        results = api.reconstruct(model, images, out, **given_settings(values, ReconstructConfig))
+        report(results, json_path, quiet, _show)
+
+
+reconstruct = command([
+    argument("model", str, "An MAE with its decoder: a run directory, an sslkit MAE .safetensors, or an official "
+                           "mae_visualize_vit_*.pth / mae_pretrain_vit_*_full.pth."),
+    IMAGES, option("out", Path, "--out", "-o", default=Parameter.empty,
+                   help="Output folder: one PNG strip per image, and reconstruct.json."),
+    *settings_options(ReconstructConfig), JSON_OPTION, QUIET_OPTION], _reconstruct, first=(None,), last=(HW,))
 
 
 HELP = (

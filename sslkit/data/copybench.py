@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from sslkit import __version__, console, files
-from sslkit.config import BenchmarkConfig, validate_benchmark
+from sslkit.config import BenchmarkConfig, check_attacks
 from sslkit.data.attacks import ATTACKS, strong_copy
 from sslkit.data.folders import ImageFolder, load_or_skip
 from sslkit.errors import UsageError
@@ -37,7 +37,7 @@ from sslkit.errors import UsageError
 def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig, workers: int = 0,
                    force: bool = False) -> dict:
     """Build the benchmark from the images under ``source`` into ``out``; returns its summary."""
-    validate_benchmark(options, len(ATTACKS))
+    check_attacks(options, len(ATTACKS))
     out = Path(out)
     _check_out(Path(source), out, force)
     _remove_stale_partials(out)

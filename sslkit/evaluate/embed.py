@@ -21,62 +21,36 @@ import json
 import struct
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sslkit import __version__, config as cfg, console
+from sslkit.config import EMBED_FORMATS as FORMATS, EmbedConfig
 from sslkit.data.folders import IMAGE_EXTENSIONS, ImageFolder, shown
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FrozenFeatures
 from sslkit.files import check_output_file, write_atomic, write_text
+from sslkit.settings import choice
 
-FORMATS = ("safetensors", "npy", "csv")
 FORMAT_TAG = "sslkit-embeddings/1"
 CSV_ROWS_PER_CHUNK = 1024  # rows converted to Python floats at a time: no second N x D copy
 
 
-@dataclass
-class EmbedConfig:
-    """What ``sslkit embed`` reads: the fields ``FrozenFeatures`` takes (those of ``config.FrozenConfig``), and
-    where the embeddings go."""
-
-    model: str
-    data: str
-    out: str
-    format: str | None = None  # safetensors | npy | csv; None: from the extension of ``out``
-    labels: bool = False  # DATA has one sub-folder per class; the labels are written too
-    img_size: int | None = None
-    batch_size: int = 256
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    checkpoint_key: str = "teacher"
-    seed: int = 0  # fixes the weights of a timm: random-init baseline
-    arch: str | None = None
-    allow_partial: bool = False
-    pool: str = "default"
-    n_last_blocks: int | None = None  # None: 1, as probe knn
-    avgpool_patchtokens: bool = False
-    gem_p: float = 4.0
-    cache_dir: str | None = None
-    cache: bool = True
-
-
-def embed(model: str, data: str | Path, out: str | Path, *, force: bool = False, **settings) -> dict:
+def embed(model: str, data: str | Path, out: str | Path, **settings) -> dict:
     """Write the frozen features of every image under ``data`` (recursively) to ``out``; returns a summary
     (``num_images``, ``dim``, ``files`` written, the model, ``seconds``).
 
     ``settings`` are the command-line options by their Python names (``img_size``, ``pool``, ``labels``,
-    ``format``, ...); ``None`` values are ignored. ``force`` replaces an earlier output of this command.
+    ``format``, ... of sslkit.config.EmbedConfig); ``None`` values are ignored. ``force`` replaces an earlier
+    output of this command.
     """
     start = time.perf_counter()
     options = embed_options(model, data, out, settings)
     fmt = output_format(Path(options.out), options.format)
     targets = output_paths(Path(options.out), fmt, options.labels)
-    check_targets(targets, fmt, force)
+    check_targets(targets, fmt, options.force)
     dataset = ImageFolder(options.data, labelled=options.labels)  # listed before the model loads: errors first
     names = relative_names(dataset)
     if fmt == "npy":
@@ -94,12 +68,11 @@ def embed(model: str, data: str | Path, out: str | Path, *, force: bool = False,
 
 
 def embed_options(model: str, data: str | Path, out: str | Path, settings: dict) -> EmbedConfig:
-    """The settings checked as the probes check theirs (types, ranges, choices)."""
+    """The settings, each a field of EmbedConfig, which checks them as the probes' settings check theirs (types,
+    ranges, choices)."""
     values = {k: v for k, v in settings.items() if v is not None}
     cfg.check_known(values, EmbedConfig)
-    options = cfg.build(EmbedConfig, {**values, "model": str(model), "data": str(data), "out": str(out)})
-    cfg.validate_frozen(options)  # it reads only the fields EmbedConfig shares with FrozenConfig
-    return options
+    return EmbedConfig(model=str(model), data=str(data), out=str(out), **values)
 
 
 def _features(options: EmbedConfig, dataset: ImageFolder):
@@ -130,7 +103,7 @@ def output_format(out: Path, given: str | None) -> str:
             raise UsageError(f"cannot tell the format of --out {out} from its extension; name a .safetensors, .npy "
                              "or .csv file, or give --format")
         return extension
-    cfg.choice("format", given, FORMATS)
+    choice("format", given, FORMATS)
     if extension in FORMATS and extension != given:
         raise UsageError(f"--out {out} names a .{extension} file but --format is {given}; make them agree")
     if out.suffix.lower() in IMAGE_EXTENSIONS:

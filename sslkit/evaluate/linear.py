@@ -30,7 +30,7 @@ from sslkit.data.datapath import training_data
 from sslkit.data.folders import ImageFolder, held_out_folds
 from sslkit.data.views import crop_flip, crop_flip_view
 from sslkit.engine import dryrun
-from sslkit.engine.method import Progress, StepOutput
+from sslkit.engine.method import StepOutput
 from sslkit.engine.rng import seed_everything
 from sslkit.engine.trainer import Evaluation, Trainer
 from sslkit.evaluate.features import FeatureSet, FrozenFeatures
@@ -128,19 +128,7 @@ class LinearProbe(nn.Module):
         hits, loss = (100.0 * hits / len(features)).tolist(), (loss / len(features)).tolist()
         return [{"top1": round(h[0], 2), "top5": round(h[1], 2), "loss": round(x, 5)} for h, x in zip(hits, loss)]
 
-    # ------------------------------------------------------------------ engine hooks
-    def start_step(self, progress: Progress) -> None:
-        pass
-
-    def before_optimizer_step(self, progress: Progress) -> None:
-        pass
-
-    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
-        return {}
-
-    def scheduled(self, progress: Progress) -> dict[str, float]:
-        return {}
-
+    # ------------------------------------------------------------------ what the engine uses
     def param_groups(self) -> list[dict]:
         groups = []
         for lr, head in zip(self.lrs, self.heads):

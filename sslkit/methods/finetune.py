@@ -29,7 +29,7 @@ from torch import nn
 
 from sslkit import config as cfg
 from sslkit.config import FinetuneConfig, TrainConfig
-from sslkit.engine.method import Progress, StepOutput
+from sslkit.engine.method import StepOutput
 from sslkit.errors import UsageError
 from sslkit.models.backbones import Normalize, feature_dim, is_vit, patch_size, prefers_channels_last
 
@@ -74,8 +74,7 @@ def resolve(train: dict, options: dict, num_images: int, num_classes: int) -> tu
     (:func:`auto_batch`); without --lr or --blr the semi-supervised recipe's lr is None, to be chosen on
     held-out labels."""
     recipe = options["recipe"]
-    finetune = cfg.build(FinetuneConfig, {**recipe_options(recipe), **options})
-    cfg.validate_finetune(finetune)
+    finetune = cfg.build(FinetuneConfig, {**recipe_options(recipe), **options})  # checks itself
     batch_size = train.get("batch_size") or auto_batch(num_images)
     blr = options.get("blr", finetune.blr if recipe == MAE else None)
     given = {k: train[k] for k in FINETUNE_TRAIN_FIELDS if k in train}
@@ -185,19 +184,6 @@ class Finetune(nn.Module):
             self._erasing = RandomErasing(self.options.reprob, mode="pixel", device=x.device)
         return self._erasing(x)
 
-    # ------------------------------------------------------------------ engine hooks
-    def start_step(self, progress: Progress) -> None:
-        pass
-
-    def before_optimizer_step(self, progress: Progress) -> None:
-        pass
-
-    def after_optimizer_step(self, progress: Progress) -> dict[str, float]:
-        return {}
-
-    def scheduled(self, progress: Progress) -> dict[str, float]:
-        return {}
-
     def param_groups(self) -> list[dict]:
         """One group per (layer id, decay or not) with the layer's lr scale."""
         depth = len(self.backbone.blocks) if is_vit(self.backbone) else 0
@@ -218,6 +204,7 @@ class Finetune(nn.Module):
             group["params"].append(param)
         return list(groups.values())
 
+    # its one engine hook (sslkit.engine.method.HOOKS); the others would do nothing
     def checkpoint_metadata(self) -> dict[str, str]:
         patch = patch_size(self.backbone)
         return {**self._metadata, "patch_size": str(patch or ""), "backbones": json.dumps({"backbone": "backbone"})}

@@ -21,9 +21,10 @@ from sslkit.data.views import crop_flip, eval_transform, finetune_view
 from sslkit.engine import dryrun, rundir
 from sslkit.engine.checkpoint import load_backbone
 from sslkit.engine.device import resolve_device
+from sslkit.engine.evaluation import EvalContext, Evaluation
 from sslkit.engine.progress import read_records
 from sslkit.engine.rng import seed_everything
-from sslkit.engine.trainer import Evaluation, Trainer
+from sslkit.engine.trainer import Trainer
 from sslkit.errors import UsageError
 from sslkit.evaluate.lr_choice import FOLDS, LrChoice, fits_the_slice
 from sslkit.methods.finetune import (MAE, SEMI_SUPERVISED_LRS, Finetune, choose_recipe, default_layer_decay,
@@ -84,7 +85,7 @@ def _checked_settings(paths: dict, values: dict, resume: bool, dry_run: bool) ->
         refusal = dryrun.checked_new_run(out, values.get("force", False), (Path(paths["train"]), Path(paths["val"])),
                                          dry_run)
     cfg.check_known(values, TrainConfig, FinetuneConfig)
-    cfg.validate_finetune(cfg.build(FinetuneConfig, {**values, **paths}))
+    cfg.build(FinetuneConfig, {**values, **paths})  # it checks itself: a bad value stops here, before any work
     return values, refusal
 
 
@@ -214,8 +215,8 @@ def _trial(run: FinetuneRun, fit_set: ImageFolder, trial: TrainConfig, held_load
     score = classification_scores(method, held_loader, held_labels)
     held_out = []
 
-    def score_held_out() -> dict[str, float]:
-        held_out.append(score())
+    def score_held_out(context: EvalContext) -> dict[str, float]:
+        held_out.append(score(context))
         return held_out[-1]
 
     with tempfile.TemporaryDirectory(prefix="sslkit-lr-") as tmp:
@@ -249,10 +250,10 @@ def randaug_view(img_size: int, randaug: str):
 
 def classification_scores(model, loader, labels: torch.Tensor):
     """A function giving val top-1 / top-5 (percent) and loss of ``model`` over ``loader`` (run by the trainer,
-    under the run's precision)."""
+    on the run's device and under its precision: ``context``)."""
 
-    def score() -> dict[str, float]:
-        device = next(model.parameters()).device
+    def score(context: EvalContext) -> dict[str, float]:
+        device = context.device
         hits, loss, seen = torch.zeros(2, device=device), torch.zeros((), device=device), 0
         for images, _ in loader:
             target = labels[seen : seen + len(images)].to(device)

@@ -22,7 +22,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from sslkit import config as cfg, console
+from sslkit import console
+from sslkit.config import POS_RESAMPLINGS, AttentionConfig
 from sslkit.data.folders import decoded
 from sslkit.engine import foreign
 from sslkit.engine.checkpoint import LoadedBackbone, load_backbone
@@ -30,6 +31,7 @@ from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
 from sslkit.files import OutputFolder, unique_names
 from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
+from sslkit.settings import choice
 
 # viridis at ten evenly spaced points (matplotlib's default colour map), interpolated to 256 entries
 _VIRIDIS = np.array([
@@ -41,16 +43,13 @@ COLORMAP = np.stack(
 ).round().astype(np.uint8)
 
 
-POS_RESAMPLINGS = ("dino", "timm")
-
-
 @torch.no_grad()
 def last_block_attention(backbone: nn.Module, images: torch.Tensor, pos_resample: str = "timm") -> torch.Tensor:
     """``softmax(q k^T / sqrt(d))`` of the last block for normalised ``images``: (B, heads, tokens, tokens).
 
     ``pos_resample`` says how the position embedding meets a patch grid other than the trained one: ``timm``
     (the backbone's own forward) or ``dino`` (:func:`dino_embed`)."""
-    cfg.choice("pos_resample", pos_resample, POS_RESAMPLINGS)
+    choice("pos_resample", pos_resample, POS_RESAMPLINGS)
     attn = backbone.blocks[-1].attn
     captured = {}
     handle = attn.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
@@ -126,7 +125,7 @@ def choose_pos_resample(loaded: LoadedBackbone, requested: str | None = None) ->
     were trained, local crops included, with DINO's resampling; timm for everything else."""
     if requested is None:
         return "dino" if official_dino(loaded) else "timm"
-    cfg.choice("pos_resample", requested, POS_RESAMPLINGS)
+    choice("pos_resample", requested, POS_RESAMPLINGS)
     if requested == "dino" and getattr(loaded.module, "pos_embed", None) is None:
         raise UsageError(f"{loaded.source} has no learned position embedding; --pos-resample dino does not apply")
     return requested
@@ -214,20 +213,20 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
-def write_attention_maps(model: str, files: list[Path], out: str | Path, *, img_size: int, threshold: float | None,
-                         checkpoint_key: str, arch: str | None, pos_resample: str | None, allow_partial: bool,
-                         device: str, force: bool) -> dict:
+def write_attention_maps(model: str, files: list[Path], out: str | Path, options: AttentionConfig) -> dict:
     """The pictures of every image of ``files`` under ``out/<name>/`` and the summary, also written to
-    ``out/attention.json`` (see sslkit.api.attention, which checks the settings)."""
+    ``out/attention.json`` (see sslkit.api.attention)."""
+    img_size, threshold = options.img_size, options.threshold
     names = dict(zip(files, unique_names(files)))
-    out = OutputFolder(out, "attention", force)
+    out = OutputFolder(out, "attention", options.force)
     out.claim([f"{names[path]}/{png}" for path in files for png in picture_names(0, threshold)]
               + ["attention.json"], files)  # what does not depend on the model, before it is loaded
-    loaded = load_backbone(model, checkpoint_key, arch=arch, dynamic=True, allow_partial=allow_partial)
+    loaded = load_backbone(model, options.checkpoint_key, arch=options.arch, dynamic=True,
+                           allow_partial=options.allow_partial)
     if not is_vit(loaded.module):
         raise UsageError(f"{model} is a {loaded.arch}, not a vision transformer: it has no attention maps")
-    pos_resample = choose_pos_resample(loaded, pos_resample)
-    torch_device = resolve_device(device)
+    pos_resample = choose_pos_resample(loaded, options.pos_resample)
+    torch_device = resolve_device(options.device)
     extractor = FeatureExtractor(loaded.module).to(torch_device)
     patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
     pngs = picture_names(loaded.module.blocks[-1].attn.num_heads, threshold)

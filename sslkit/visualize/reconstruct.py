@@ -20,13 +20,13 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageDraw, ImageFont
 
 from sslkit import config as cfg, console
-from sslkit.methods.mae import MAEConfig
+from sslkit.config import ReconstructConfig
 from sslkit.data.folders import decoded
 from sslkit.engine import checkpoint as ckpt, foreign
 from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
 from sslkit.files import OutputFolder, unique_names
-from sslkit.methods.mae import HEAD_DIM, MAE, patchify, unpatchify
+from sslkit.methods.mae import HEAD_DIM, MAE, MAEConfig, patchify, unpatchify
 from sslkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 GREY = 128
@@ -75,19 +75,18 @@ def _load_official(path: Path, norm_pix: bool | None) -> tuple[MAE, str]:
     return model, f"{path.name} ({options.arch})"
 
 
-def write_reconstructions(model: str, files: list[Path], out: str | Path, *, mask_ratio: float | None, seed: int,
-                          img_size: int | None, norm_pix: bool | None, device: str, force: bool) -> dict:
+def write_reconstructions(model: str, files: list[Path], out: str | Path, options: ReconstructConfig) -> dict:
     """The strip of every image of ``files`` as ``out/<name>.png`` and the summary, also written to
-    ``out/reconstruct.json`` (see sslkit.api.reconstruct, which checks the settings)."""
-    names = dict(zip(files, unique_names(files)))
-    out = OutputFolder(out, "reconstruct", force)
+    ``out/reconstruct.json`` (see sslkit.api.reconstruct)."""
+    names, seed = dict(zip(files, unique_names(files))), options.seed
+    out = OutputFolder(out, "reconstruct", options.force)
     out.claim([f"{names[path]}.png" for path in files] + ["reconstruct.json"], files)
-    mae, description = load_mae(model, norm_pix)
-    mask_ratio = mae.options.mask_ratio if mask_ratio is None else mask_ratio
-    img_size = img_size or mae.options.img_size
+    mae, description = load_mae(model, options.norm_pix_loss)
+    mask_ratio = mae.options.mask_ratio if options.mask_ratio is None else options.mask_ratio
+    img_size = options.img_size or mae.options.img_size
     mae.set_grid(img_size)  # fixed sin-cos position embeddings: exact at any multiple of the patch size
     mae.check_mask_ratio(mask_ratio)
-    mae = mae.to(resolve_device(device)).eval()
+    mae = mae.to(resolve_device(options.device)).eval()
     norm_pix = mae.options.norm_pix_loss
     labels = ["original", f"masked {mask_ratio:.0%}", "reconstruction", "reconstruction + visible"]
     footer = "norm-pix model: predictions shown with each true patch's mean and std" if norm_pix else \

@@ -99,9 +99,9 @@ def test_benchmark_refuses_a_full_folder_and_too_few_images_and_leaves_nothing_b
 
 def test_benchmark_options_are_checked(tmp_path):
     source = make_folder(tmp_path / "src", classes=1, per_class=3, size=32)
-    for options, message in ((BenchmarkConfig(copies=0), "--copies"),
-                             (BenchmarkConfig(max_attacks=11), "--max-attacks"),
-                             (BenchmarkConfig(quality=0), "--quality"),
-                             (BenchmarkConfig(distractors=-1), "--distractors")):
-        with pytest.raises(UsageError, match=message):
-            make_benchmark(source, tmp_path / "out", options)
+    for settings, message in (({"copies": 0}, "--copies"),
+                              ({"max_attacks": 11}, "--max-attacks"),
+                              ({"quality": 0}, "--quality"),
+                              ({"distractors": -1}, "--distractors")):
+        with pytest.raises(UsageError, match=message):  # the settings check themselves as they are made
+            make_benchmark(source, tmp_path / "out", BenchmarkConfig(**settings))
