@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -15,61 +15,11 @@ from sslkit import console, files
 from sslkit.cli.generate import argument, option
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 
-RUN = "Run"
-HW = "Hardware"
-OPT = "Optimisation"
-
-Device = Annotated[Optional[str], typer.Option(help="auto (CUDA when present), cpu or cuda.", rich_help_panel=HW)]
-Precision = Annotated[
-    Optional[str],
-    typer.Option(help="auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs; decided once per run, "
-                      "recorded, and kept by --resume; the run's first lines say which and why), bf16, fp16 or fp32.",
-                 rich_help_panel=HW),
-]
-Workers = Annotated[
-    Optional[int], typer.Option(help="Data-loading processes (default: CPU cores - 1, at most 8).", rich_help_panel=HW)
-]
-DATA = "Input pipeline"
-DataPath = Annotated[Optional[str], typer.Option(
-    help="Where batches come from. store: the images decoded once into uint8 (a cache file, memory-mapped), kept "
-         "on the GPU or in RAM, and cropped, flipped and coloured on the training device, with no CPU work per "
-         "image. loader: worker processes decode and augment every image each epoch. auto (default): the store "
-         "when it fits in memory (on the GPU, else in RAM), the loader otherwise and for RandAugment; decided once "
-         "per run, recorded and kept by --resume.", rich_help_panel=DATA)]
-StoreSize = Annotated[Optional[int], typer.Option(
-    help="Short side in pixels of the images in the decoded store (default: the crop size; never enlarged). "
-         "Smaller stores fit more data in memory; crops from them are upsampled more.", rich_help_panel=DATA)]
-StoreOn = Annotated[Optional[str], typer.Option(
-    help="Where the decoded store lives: auto (default: the GPU when it fits half its free memory, else RAM), "
-         "device, pinned (page-locked RAM, faster copies to the GPU) or ram.", rich_help_panel=DATA)]
-StoreDir = Annotated[Optional[str], typer.Option(
-    help="Folder of the decoded stores' cache files (default $SSLKIT_STORE_DIR or ~/.cache/sslkit/stores); a "
-         "fast local disk helps the first epoch.", rich_help_panel=DATA)]
-Logger = Annotated[Optional[str], typer.Option(
-    help="Where the run's scalars go besides metrics.jsonl: jsonl (default: only there) or tensorboard (also "
-         "RUN/tensorboard/, for `tensorboard --logdir RUN`; needs pip install 'sslkit[tensorboard]').",
-    rich_help_panel=RUN)]
-AllowPartial = Annotated[bool, typer.Option(
-    "--allow-partial",
-    help="Experts: load the backbone tensors that fit and leave the rest as initialised (a warning lists them) "
-         "instead of refusing a file that does not fit the architecture.")]
-Force = Annotated[bool, typer.Option(
-    "--force", help="Start over in an --out that holds a run: the earlier run's checkpoints, metrics and config are "
-                    "set aside, deleted once the new run has written its first checkpoint and put back if it fails "
-                    "before; files sslkit did not write are never touched.", rich_help_panel=RUN)]
-OutputForce = Annotated[bool, typer.Option(
-    "--force", help="Write into an --out that holds files sslkit did not write there; they are never overwritten "
-                    "(sslkit refuses instead).")]
-Keep = Annotated[Optional[int], typer.Option(
-    help="Periodic checkpoints to keep: besides checkpoints/last.safetensors, the newest K as "
-         "epoch-NNNN.safetensors (default 1: the last only).", rich_help_panel=RUN)]
 QUIET_HELP = "Print nothing but errors (results still go to --json)."
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
 DRY_RUN_HELP = ("Train nothing: resolve every setting exactly as the run would (presets, lr scaled with the batch, "
                 "warm-up, the data set's size and path), print them with each schedule's start, peak and end, and "
                 "draw RUN/schedules.png when --out is new or empty. Never touches an existing run; command line "
                 "only, never from --config.")
-DryRun = Annotated[bool, typer.Option("--dry-run", help=DRY_RUN_HELP, rich_help_panel=RUN)]
 
 
 def writable_file(path: Path | None) -> Path | None:
@@ -84,7 +34,6 @@ def writable_file(path: Path | None) -> Path | None:
 
 
 JSON_HELP = "Also write the results as JSON to this file."
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help=JSON_HELP, callback=writable_file)]
 
 
 def fail(message: str, code: int) -> typer.Exit:

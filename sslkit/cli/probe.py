@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -15,25 +15,6 @@ from sslkit.config import DATA, FEATURES, HW, LABELLED, LINEAR_HELP, RUN, KNNCon
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 
-Model = Annotated[str, typer.Argument(help=MODEL_HELP)]
-ImgSize = Annotated[Optional[int], typer.Option(
-    help="Side of the centre crop (default: the model's training size; 224 for timm:).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Images per forward pass (default 256).")]
-CheckpointKey = Annotated[Optional[str], typer.Option(
-    help="teacher (the EMA network, default) or student (the online one).")]
-Seed = Annotated[Optional[int], typer.Option(
-    help="Seed of the weights of a timm: random-init baseline and of the --fraction drawn (default 0).")]
-Arch = Annotated[Optional[str], typer.Option(help="timm name of a .pth file's model (inferred for ViTs).")]
-Pool = Annotated[Optional[str], typer.Option(
-    help="default (CLS token for ViTs, average pool for conv nets), token, avg (mean patch token) or gem (CLS + GeM "
-         "p=4 of the patch tokens, copy detection's descriptor).", rich_help_panel=FEATURES)]
-AvgpoolPatchtokens = Annotated[Optional[bool], typer.Option(
-    "--avgpool-patchtokens/--no-avgpool-patchtokens",
-    help="ViTs: append the average patch token of the last block (DINO's recipe for ViT-B).", rich_help_panel=FEATURES)]
-CacheDir = Annotated[Optional[Path], typer.Option(
-    help="Feature cache (default $SSLKIT_CACHE_DIR or ~/.cache/sslkit/features).", rich_help_panel=FEATURES)]
-Cache = Annotated[Optional[bool], typer.Option(
-    "--cache/--no-cache", help="Read and write cached features (default on).", rich_help_panel=FEATURES)]
 CACHE_NOTE = (
     "Features are cached (keyed by the model file's hash, the feature recipe, the transform and the image files), "
     "so probing the same model again, with k-NN or linear heads, recomputes nothing."
