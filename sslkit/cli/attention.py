@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import IMAGES, JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
-from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import HW, AttentionConfig
-
-
-def _attention(model: str, images: list[Path], out: Path, json_path: Optional[Path], quiet: bool, **values):
-    """Self-attention of the CLS token over the patches in the last block, per head, as PNG heat maps."""
-    with handle_errors(quiet):
-        from sslkit import api  # imports torch: only once a command runs
-
-        results = api.attention(model, images, out, **given_settings(values, AttentionConfig))
-        report(results, json_path, quiet, _show)
-
-
-attention = command([
-    argument("model", str, "A ViT: a run directory, an sslkit .safetensors, an official DINO / MAE .pth, or "
-                           "timm:ARCH."),
-    IMAGES, option("out", Path, "--out", "-o", default=Parameter.empty,
-                   help="Output folder: one sub-folder of PNGs per image, and attention.json."),
-    *settings_options(AttentionConfig), JSON_OPTION, QUIET_OPTION], _attention, first=(None,), last=(HW,))
-
+from sslkit.cli.common import examples, images_command
+from sslkit.config import AttentionConfig
 
 HELP = (
     "Self-attention maps of a vision transformer (DINO's visualize_attention): for each image, the last "
@@ -61,3 +41,9 @@ def _show(results: dict) -> None:
                       str(row["heads"]), f"{100 * row['central_mass']:.1f}")
     console.stdout.print(table)
     console.stdout.print(f"mean central mass: {100 * results['mean_central_mass']:.1f} % (uniform: 25 %)")
+
+
+attention = images_command(
+    "attention", AttentionConfig,
+    "A ViT: a run directory, an sslkit .safetensors, an official DINO / MAE .pth, or timm:ARCH.",
+    "Output folder: one sub-folder of PNGs per image, and attention.json.", _show)

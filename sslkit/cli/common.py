@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import typer
 
 from sslkit import console, files
-from sslkit.cli.generate import argument, option
+from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
 from sslkit.errors import Interrupted, TrainingFailed, UsageError
 
 QUIET_HELP = "Print nothing but errors (results still go to --json)."
@@ -100,6 +100,21 @@ MODEL_HELP = ("A run directory, an sslkit .safetensors checkpoint, an official D
               "init) or pixels:N (an N x N thumbnail, the no-learning baseline).")
 IMAGES = argument("images", list[Path], "Image files or folders (searched recursively).")
 QUIET_OPTION = option("quiet", bool, "--quiet", "-q", default=False, help=QUIET_HELP)
+
+
+def images_command(verb: str, settings: type, model_help: str, out_help: str, show: Callable[[dict], None]):
+    """``sslkit VERB MODEL IMAGE... --out DIR`` (attention, reconstruct): ``sslkit.api.VERB`` with the given
+    ``settings``, its results shown by ``show``."""
+    def run(model: str, images: list[Path], out: Path, json_path: Optional[Path], quiet: bool, **values):
+        with handle_errors(quiet):
+            from sslkit import api  # imports torch: only once a command runs
+
+            results = getattr(api, verb)(model, images, out, **given_settings(values, settings))
+            report(results, json_path, quiet, show)
+
+    out = option("out", Path, "--out", "-o", default=Parameter.empty, help=out_help)
+    return command([argument("model", str, model_help), IMAGES, out, *settings_options(settings), JSON_OPTION,
+                    QUIET_OPTION], run, first=(None,), last=("Hardware",))
 
 
 def report(results: dict, json_path: Path | None, quiet: bool, show: Callable[[dict], None],

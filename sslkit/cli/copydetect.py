@@ -3,7 +3,6 @@ sslkit copydetect make-benchmark SRC OUT: a strong-attack benchmark from any fol
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -74,21 +73,13 @@ def _search(model: str, database: Path, queries: Path, json_path: Optional[Path]
         report(results, json_path, quiet, _show)
 
 
-def _checked_when_read(cls, name: str) -> Parameter:
-    """The option of ``cls``'s output file ``name``, refused while the command line is read if it cannot be
-    written (settings_options makes options without a callback)."""
-    text = next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
-    return option(name, Optional[Path], help=text, callback=writable_file)
-
-
 search = SEARCH_COMMAND(command(
     [argument("model", str, MODEL_HELP),
      option("database", Path, default=Parameter.empty, help="Folder of the images searched (the originals).",
             rich_help_panel=COPY_DATA),
      option("queries", Path, default=Parameter.empty, help="Folder of the query images (the copies).",
             rich_help_panel=COPY_DATA),
-     _checked_when_read(CopyDetectConfig, "matches"), JSON_OPTION, QUIET_OPTION,
-     *settings_options(CopyDetectConfig, skip=("matches",))],
+     JSON_OPTION, QUIET_OPTION, *settings_options(CopyDetectConfig, callback={"matches": writable_file})],
     _search, first=(COPY_DATA, None, FEATURES), last=(HW,)))
 
 

@@ -38,8 +38,8 @@ EPILOG = examples(
 )
 
 # TrainConfig fields finetune does not take from the command line: its recipes set them, or they are pretraining's
-# (the online k-NN). --eval-every is finetune's val scoring, so it is declared here, in the Run panel.
-NOT_SHOWN = ("weight_decay_end", "optimizer", "momentum", "eval_train", "eval_val", "eval_k", "eval_every")
+# (the online k-NN). --eval-every is finetune's val scoring: in the Run panel.
+NOT_SHOWN = ("weight_decay_end", "optimizer", "momentum", "eval_train", "eval_val", "eval_k")
 
 PARAMETERS = (
     argument("model", str,
@@ -51,7 +51,6 @@ PARAMETERS = (
     option("resume", bool, "--resume", default=False, help="Continue the run in --out from its last checkpoint.",
            rich_help_panel=RUN),
     option("dry_run", bool, "--dry-run", default=False, help=DRY_RUN_HELP, rich_help_panel=RUN),
-    option("eval_every", Optional[int], help=FINETUNE_TRAIN_HELP["eval_every"], rich_help_panel=RUN),
     JSON_OPTION,
     QUIET_OPTION,
 )
@@ -68,7 +67,8 @@ def _finetune(model: str, train: Path, val: Path, out: Path, resume: bool, dry_r
 
 
 finetune = command([*PARAMETERS, *settings_options(FinetuneConfig),
-                    *settings_options(TrainConfig, skip=NOT_SHOWN, help=FINETUNE_TRAIN_HELP)],
+                    *settings_options(TrainConfig, skip=NOT_SHOWN, help=FINETUNE_TRAIN_HELP,
+                                      panel={"eval_every": RUN})],
                    _finetune, first=(None, RUN, OPT), last=(HW, DATA))
 
 

@@ -27,23 +27,28 @@ def option(name: str, annotation: Any, *flags: str, default: Any = None, **info)
                      default=default)
 
 
-def settings_options(cls, *, skip: tuple[str, ...] = (), help: dict[str, str] | None = None) -> list[Parameter]:
+def settings_options(cls, *, skip: tuple[str, ...] = (), help: dict[str, str] | None = None,
+                     panel: dict[str, str] | None = None,
+                     callback: dict[str, Callable] | None = None) -> list[Parameter]:
     """An option per field of the settings class ``cls`` that has help text (the others are settings for files
-    and the API only); ``help`` overrides a field's help for this command, ``skip`` leaves fields out."""
+    and the API only). For this command: ``help`` and ``panel`` override a field's, ``callback`` checks a value
+    while the command line is read (an output file), ``skip`` leaves fields out."""
     chosen = []
     for f, kind in typed_fields(cls):
         text = (help or {}).get(f.name, f.metadata.get("help", ""))
         if text and f.name not in skip:
-            chosen.append(_setting_option(f, kind, text))
+            info = {"help": text.replace("{default}", _shown(f.default))}
+            shown_in = (panel or {}).get(f.name, f.metadata.get("panel"))
+            if shown_in:
+                info["rich_help_panel"] = shown_in
+            if callback and f.name in callback:
+                info["callback"] = callback[f.name]
+            chosen.append(_setting_option(f, kind, info))
     return chosen
 
 
-def _setting_option(f, kind: Any, text: str) -> Parameter:
-    meta = f.metadata
-    info = {"help": text.replace("{default}", _shown(f.default))}
-    if meta.get("panel"):
-        info["rich_help_panel"] = meta["panel"]
-    flags = meta.get("flags", ())
+def _setting_option(f, kind: Any, info: dict) -> Parameter:
+    meta, flags = f.metadata, f.metadata.get("flags", ())
     if _unwrapped(kind) is bool and len(flags) == 1 and "/" not in flags[0]:  # an on-switch: --force
         return option(f.name, bool, *flags, default=False, **info)
     read_as = meta.get("cli") or _unwrapped(kind)

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from rich.table import Table
 
 from sslkit import console
-from sslkit.cli.common import IMAGES, JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
-from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import HW, ReconstructConfig
-
-
-def _reconstruct(model: str, images: list[Path], out: Path, json_path: Optional[Path], quiet: bool, **values):
-    """MAE reconstructions: original | masked | reconstruction | reconstruction with the visible patches."""
-    with handle_errors(quiet):
-        from sslkit import api  # imports torch: only once a command runs
-
-        results = api.reconstruct(model, images, out, **given_settings(values, ReconstructConfig))
-        report(results, json_path, quiet, _show)
-
-
-reconstruct = command([
-    argument("model", str, "An MAE with its decoder: a run directory, an sslkit MAE .safetensors, or an official "
-                           "mae_visualize_vit_*.pth / mae_pretrain_vit_*_full.pth."),
-    IMAGES, option("out", Path, "--out", "-o", default=Parameter.empty,
-                   help="Output folder: one PNG strip per image, and reconstruct.json."),
-    *settings_options(ReconstructConfig), JSON_OPTION, QUIET_OPTION], _reconstruct, first=(None,), last=(HW,))
-
+from sslkit.cli.common import examples, images_command
+from sslkit.config import ReconstructConfig
 
 HELP = (
     "Masked-patch reconstructions of an MAE (He et al. 2022): for each image a PNG strip with the original, the "
@@ -59,3 +39,10 @@ def _show(results: dict) -> None:
     console.stdout.print(table)
     target = "per-patch-normalised pixels" if results["norm_pix_loss"] else "normalised pixels"
     console.stdout.print(f"mean masked-patch MSE: {results['mean_masked_mse']:.4f} (against {target})")
+
+
+reconstruct = images_command(
+    "reconstruct", ReconstructConfig,
+    "An MAE with its decoder: a run directory, an sslkit MAE .safetensors, or an official mae_visualize_vit_*.pth / "
+    "mae_pretrain_vit_*_full.pth.",
+    "Output folder: one PNG strip per image, and reconstruct.json.", _show)
