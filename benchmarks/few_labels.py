@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--no-finetune", action="store_true", help="the k-NN and linear columns only (minutes, not hours)")
+    parser.add_argument("--no-finetune", action="store_true",
+                        help="the k-NN and linear columns only (minutes, not hours)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the random-init columns (e.g. already measured for the same architecture and size)")
     args = parser.parse_args()
@@ -85,7 +86,8 @@ def _table(rows: list[dict], run: str, baseline: str) -> str:
     lines = [f"val top-1 %, last epoch; pretrained = {run}, random init = {baseline}",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [f"{row['fraction']:.0%}", str(row["num_train"])] + [f"{row[c]:.1f}" if c in row else "-" for c in COLUMNS]
+        cells = [f"{row['fraction']:.0%}", str(row["num_train"])]
+        cells += [f"{row[c]:.1f}" if c in row else "-" for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

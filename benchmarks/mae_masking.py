@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from sslkit.config import MAEConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.engine.optim import build_optimizer
 from sslkit.engine.device import choose_precision, resolve_device
 from sslkit.methods import mae
+from sslkit.methods.mae import MAEConfig
 
 
 def all_token_loss(model: mae.MAE, images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,8 @@ def main() -> None:
     device = resolve_device(args.device)
     amp_dtype = choose_precision(args.precision, device).dtype
     options = MAEConfig(arch=args.arch, img_size=args.img_size, mask_ratio=args.mask_ratio,
-                        decoder_dim=args.decoder_dim, decoder_depth=args.decoder_depth, decoder_heads=args.decoder_heads)
+                        decoder_dim=args.decoder_dim, decoder_depth=args.decoder_depth,
+                        decoder_heads=args.decoder_heads)
     train, options = mae.resolve(TrainConfig(epochs=1, batch_size=args.batch_size), options, 1)
     torch.manual_seed(0)
     model = mae.MAE(options).to(device)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from sslkit.config import DINOConfig
+from sslkit.methods.dino import DINOConfig
 from sslkit.data.folders import ImageFolder
 from sslkit.data.loader import EpochSampler, make_loader
 from sslkit.data.photometric import finish_views

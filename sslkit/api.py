@@ -12,22 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from sslkit import config as cfg
-from sslkit.config import AttentionConfig, ExportConfig, InfoConfig, ReconstructConfig
-from sslkit.config import BenchmarkConfig, ContinueConfig, CopyDetectConfig, KNNConfig, LinearConfig, TrainConfig
+from sslkit.config import ContinueConfig, TrainConfig
 from sslkit.data.copybench import make_benchmark
 from sslkit.data.folders import image_files
 from sslkit.data.loader import default_workers
 from sslkit.engine.checkpoint import export_backbone, load_backbone
 from sslkit.engine.modelinfo import model_info
+from sslkit.engine.settings import ExportConfig, InfoConfig
 from sslkit.errors import UsageError
 from sslkit.evaluate.copydetect import run_copy_detection
 from sslkit.evaluate.knn import run_knn_probe
 from sslkit.evaluate.linear import run_linear_probe
+from sslkit.evaluate.settings import BenchmarkConfig, CopyDetectConfig, KNNConfig, LinearConfig
 from sslkit.methods import METHODS
 from sslkit.methods.finetune_run import run_finetuning
 from sslkit.methods.pretrain import run_pretraining
 from sslkit.visualize.attention import write_attention_maps
 from sslkit.visualize.reconstruct import write_reconstructions
+from sslkit.visualize.settings import AttentionConfig, ReconstructConfig
 
 
 def pretrain(method: str, data: str | Path, out: str | Path, *, config: str | Path | None = None,
@@ -112,7 +114,8 @@ def export(model: str, out: str | Path, **settings) -> dict:
     """Write ``model``'s backbone to the safetensors file ``out``: in timm names (``format="timm"``), which
     ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads, or
     as an sslkit checkpoint of the backbone alone (``"sslkit"``). ``settings``: ``format``, ``checkpoint_key``,
-    ``arch``, ``img_size``, ``allow_partial``, ``licence`` (sslkit.config.ExportConfig). Returns what was written."""
+    ``arch``, ``img_size``, ``allow_partial``, ``licence`` (sslkit.engine.settings.ExportConfig). Returns what was
+    written."""
     options, out = ExportConfig(**_given(settings)), Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, not {out}")
@@ -127,7 +130,7 @@ def export(model: str, out: str | Path, **settings) -> dict:
 def info(model: str, **settings) -> dict:
     """What ``model`` holds without using it: its kind, method, architecture, image and patch size, parameters,
     step and epoch, licence, and whether its backbone tensors fit the architecture (sslkit.engine.modelinfo).
-    ``settings``: ``checkpoint_key``, ``arch`` (sslkit.config.InfoConfig)."""
+    ``settings``: ``checkpoint_key``, ``arch`` (sslkit.engine.settings.InfoConfig)."""
     options = InfoConfig(**_given(settings))
     return model_info(str(model), options.checkpoint_key, options.arch)
 
@@ -140,7 +143,7 @@ def attention(model: str, images: list[str | Path], out: str | Path, **settings)
     writes to ``out/attention.json``) per image its size, patch grid and share of attention in the central region.
     ``out`` may hold an earlier output of this command; with ``force`` other files too, never overwritten.
     ``pos_resample`` (dino or timm) says how the position embedding is resampled to each image's patch grid;
-    by default dino for official DINO weights, timm otherwise. ``settings``: sslkit.config.AttentionConfig.
+    by default dino for official DINO weights, timm otherwise. ``settings``: sslkit.visualize.settings.AttentionConfig.
     """
     options = AttentionConfig(**_given(settings))
     return write_attention_maps(str(model), image_files(images), out, options)
@@ -151,7 +154,7 @@ def reconstruct(model: str, images: list[str | Path], out: str | Path, **setting
     reconstruction with the visible patches; returns (and writes to ``out/reconstruct.json``) each image's
     masked-patch loss. The same ``seed`` masks the same patches. ``out`` may hold an earlier output of this
     command; with ``force`` other files too, never overwritten. ``settings``: ``mask_ratio``, ``seed``,
-    ``img_size``, ``norm_pix_loss``, ``device``, ``force`` (sslkit.config.ReconstructConfig).
+    ``img_size``, ``norm_pix_loss``, ``device``, ``force`` (sslkit.visualize.settings.ReconstructConfig).
     """
     options = ReconstructConfig(**_given(settings))
     return write_reconstructions(str(model), image_files(images), out, options)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from sslkit.evaluate.features import FrozenFeatures
-from sslkit.config import KNNConfig
 from sslkit.evaluate.knn import knn_predict
+from sslkit.evaluate.settings import KNNConfig
 
 K, TEMPERATURE, RESAMPLES = 20, 0.07, 2000
 

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from sslkit import console
 from sslkit.cli.common import examples, images_command
-from sslkit.config import AttentionConfig
+from sslkit.visualize.settings import AttentionConfig
 
 HELP = (
     "Self-attention maps of a vision transformer (DINO's visualize_attention): for each image, the last "

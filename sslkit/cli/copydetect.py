@@ -12,7 +12,8 @@ from rich.table import Table
 from sslkit import console
 from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report, writable_file
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import COPY_DATA, FEATURES, HW, BenchmarkConfig, CopyDetectConfig, workers_setting
+from sslkit.config import HW, workers_setting
+from sslkit.evaluate.settings import COPY_DATA, FEATURES, BenchmarkConfig, CopyDetectConfig
 
 
 SEARCH, MAKE_BENCHMARK = "search", "make-benchmark"

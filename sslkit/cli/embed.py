@@ -9,8 +9,9 @@ from typing import Optional
 from sslkit import console
 from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report, writable_file
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import FEATURES, HW, OUTPUT, EmbedConfig
+from sslkit.config import HW
 from sslkit.errors import UsageError
+from sslkit.evaluate.settings import EMBED_HELP, FEATURES, OUTPUT, EmbedConfig
 
 HELP = (
     "Write the frozen features of every image under DATA (recursively) to one file, for your own search, "
@@ -46,7 +47,7 @@ embed = command([argument("model", str, MODEL_HELP),
                                         "class)."),
                  option("out", Path, "--out", "-o", default=Parameter.empty, callback=writable_file,
                         help="The file to write (atomically): .safetensors, .npy or .csv.", rich_help_panel=OUTPUT),
-                 JSON_OPTION, QUIET_OPTION, *settings_options(EmbedConfig)],
+                 JSON_OPTION, QUIET_OPTION, *settings_options(EmbedConfig, help=EMBED_HELP, panel={"gem_p": FEATURES})],
                 _embed, first=(OUTPUT, None, FEATURES), last=(HW,))
 
 

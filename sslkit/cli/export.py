@@ -9,7 +9,7 @@ from typing import Optional
 from sslkit import console
 from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report, writable_file
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import ExportConfig
+from sslkit.engine.settings import ExportConfig
 
 
 def _export(model: str, out: Path, json_path: Optional[Path], quiet: bool, **values):

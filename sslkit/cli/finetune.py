@@ -11,7 +11,8 @@ from rich.table import Table
 from sslkit import console
 from sslkit.cli.common import DRY_RUN_HELP, JSON_OPTION, QUIET_OPTION, examples, handle_errors, report
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import DATA, FINETUNE_TRAIN_HELP, HW, OPT, RUN, FinetuneConfig, TrainConfig
+from sslkit.config import DATA, HW, OPT, RUN, TrainConfig
+from sslkit.evaluate.settings import FINETUNE_TRAIN_HELP, FinetuneConfig
 
 HELP = (
     "Fine-tune a pretrained encoder with a linear head on labelled images, scoring --val after every epoch and "

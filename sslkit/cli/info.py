@@ -12,7 +12,7 @@ from rich.table import Table
 from sslkit import console
 from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report
 from sslkit.cli.generate import argument, command, given_settings, option, settings_options
-from sslkit.config import InfoConfig
+from sslkit.engine.settings import InfoConfig
 
 SHOWN = ("file", "kind", "method", "arch", "img_size", "patch_size", "parameters", "backbones", "backbone", "step",
          "epoch", "precision", "licence", "tensors", "bytes", "arch_error")

@@ -11,7 +11,8 @@ from rich.table import Table
 from sslkit import console
 from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, handle_errors, report
 from sslkit.cli.generate import Parameter, argument, command, given_settings, option, settings_options
-from sslkit.config import DATA, FEATURES, HW, LABELLED, LINEAR_HELP, RUN, KNNConfig, LinearConfig
+from sslkit.config import DATA, HW, RUN
+from sslkit.evaluate.settings import FEATURES, LABELLED, LINEAR_HELP, KNNConfig, LinearConfig
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate a frozen encoder on labelled images.")
 

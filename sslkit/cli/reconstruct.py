@@ -8,7 +8,7 @@ from rich.table import Table
 
 from sslkit import console
 from sslkit.cli.common import examples, images_command
-from sslkit.config import ReconstructConfig
+from sslkit.visualize.settings import ReconstructConfig
 
 HELP = (
     "Masked-patch reconstructions of an MAE (He et al. 2022): for each image a PNG strip with the original, the "

@@ -28,10 +28,10 @@ from pathlib import Path
 from PIL import Image
 
 from sslkit import __version__, console, files
-from sslkit.config import BenchmarkConfig, check_attacks
 from sslkit.data.attacks import ATTACKS, strong_copy
 from sslkit.data.folders import ImageFolder, load_or_skip
 from sslkit.errors import UsageError
+from sslkit.evaluate.settings import BenchmarkConfig, check_attacks
 
 
 def make_benchmark(source: str | Path, out: str | Path, options: BenchmarkConfig, workers: int = 0,

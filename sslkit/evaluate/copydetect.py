@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import console
-from sslkit.config import CopyDetectConfig
 from sslkit.data.folders import ImageFolder
 from sslkit.data.views import square_transform
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FrozenFeatures
 from sslkit.evaluate.retrieval import ranking_scores, search
+from sslkit.evaluate.settings import CopyDetectConfig
 from sslkit.files import write_atomic
 
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from sslkit import __version__, config as cfg, console
-from sslkit.config import EMBED_FORMATS as FORMATS, EmbedConfig
 from sslkit.data.folders import IMAGE_EXTENSIONS, ImageFolder, shown
 from sslkit.errors import UsageError
 from sslkit.evaluate.features import FrozenFeatures
+from sslkit.evaluate.settings import EMBED_FORMATS as FORMATS, EmbedConfig
 from sslkit.files import check_output_file, write_atomic, write_text
 from sslkit.settings import choice
 
@@ -43,7 +43,7 @@ def embed(model: str, data: str | Path, out: str | Path, **settings) -> dict:
     (``num_images``, ``dim``, ``files`` written, the model, ``seconds``).
 
     ``settings`` are the command-line options by their Python names (``img_size``, ``pool``, ``labels``,
-    ``format``, ... of sslkit.config.EmbedConfig); ``None`` values are ignored. ``force`` replaces an earlier
+    ``format``, ... of sslkit.evaluate.settings.EmbedConfig); ``None`` values are ignored. ``force`` replaces an earlier
     output of this command.
     """
     start = time.perf_counter()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslkit.config import KNNConfig
 from sslkit.evaluate.features import FrozenFeatures
+from sslkit.evaluate.settings import KNNConfig
 
 
 @torch.no_grad()

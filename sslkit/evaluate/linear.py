@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import console
-from sslkit.config import LinearConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.data.datapath import training_data
 from sslkit.data.folders import ImageFolder, held_out_folds
 from sslkit.data.views import crop_flip, crop_flip_view
@@ -35,6 +35,7 @@ from sslkit.engine.rng import seed_everything
 from sslkit.engine.trainer import Evaluation, Trainer
 from sslkit.evaluate.features import FeatureSet, FrozenFeatures
 from sslkit.evaluate.lr_choice import FOLDS, LrChoice, fits_the_slice
+from sslkit.evaluate.settings import LinearConfig
 from sslkit.methods.finetune import auto_batch
 from sslkit.models.backbones import FeatureExtractor
 from sslkit.visualize.curves import curves_drawn

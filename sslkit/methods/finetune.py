@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import config as cfg
-from sslkit.config import FinetuneConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.engine.method import StepOutput
 from sslkit.errors import UsageError
+from sslkit.evaluate.settings import FinetuneConfig
 from sslkit.models.backbones import Normalize, feature_dim, is_vit, patch_size, prefers_channels_last
 
 SEMI_SUPERVISED, MAE = "semi-supervised", "mae"

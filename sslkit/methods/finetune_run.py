@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import config as cfg, console
-from sslkit.config import FinetuneConfig, TrainConfig
+from sslkit.config import TrainConfig
 from sslkit.data.datapath import refuse_store, training_data
 from sslkit.data.folders import ImageFolder, balanced_subset, held_out_folds
 from sslkit.data.loader import default_workers, make_loader
@@ -27,6 +27,7 @@ from sslkit.engine.rng import seed_everything
 from sslkit.engine.trainer import Trainer
 from sslkit.errors import UsageError
 from sslkit.evaluate.lr_choice import FOLDS, LrChoice, fits_the_slice
+from sslkit.evaluate.settings import FinetuneConfig
 from sslkit.methods.finetune import (MAE, SEMI_SUPERVISED_LRS, Finetune, choose_recipe, default_layer_decay,
                                      resolve)
 from sslkit.models.backbones import has_weights, is_vit

@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from sslkit import console
-from sslkit.config import POS_RESAMPLINGS, AttentionConfig
 from sslkit.data.folders import decoded
 from sslkit.engine import foreign
 from sslkit.engine.checkpoint import LoadedBackbone, load_backbone
@@ -32,6 +31,7 @@ from sslkit.errors import UsageError
 from sslkit.files import OutputFolder, unique_names
 from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
 from sslkit.settings import choice
+from sslkit.visualize.settings import POS_RESAMPLINGS, AttentionConfig
 
 # viridis at ten evenly spaced points (matplotlib's default colour map), interpolated to 256 entries
 _VIRIDIS = np.array([

@@ -20,7 +20,6 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageDraw, ImageFont
 
 from sslkit import config as cfg, console
-from sslkit.config import ReconstructConfig
 from sslkit.data.folders import decoded
 from sslkit.engine import checkpoint as ckpt, foreign
 from sslkit.engine.device import resolve_device
@@ -28,6 +27,7 @@ from sslkit.errors import UsageError
 from sslkit.files import OutputFolder, unique_names
 from sslkit.methods.mae import HEAD_DIM, MAE, MAEConfig, patchify, unpatchify
 from sslkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from sslkit.visualize.settings import ReconstructConfig
 
 GREY = 128
 PANEL_MIN = 192  # small images are enlarged (nearest, by a whole factor) so the panels stay readable

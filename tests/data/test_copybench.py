@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from sslkit.data.attacks import ATTACKS, crop, jpeg, strong_copy
-from sslkit.config import BenchmarkConfig
 from sslkit.data.copybench import make_benchmark
 from sslkit.errors import UsageError
+from sslkit.evaluate.settings import BenchmarkConfig
 from tests.conftest import make_folder
 
 

@@ -8,11 +8,11 @@ import timm
 import torch
 
 import sslkit
-from sslkit.config import FinetuneConfig
 from sslkit.data.folders import ImageFolder, balanced_subset
 from sslkit.data.views import finetune_view
 from sslkit.engine import checkpoint as ckpt
 from sslkit.errors import Interrupted, UsageError
+from sslkit.evaluate.settings import FinetuneConfig
 from sslkit.methods.finetune import Finetune, layer_id, soft_cross_entropy
 from tests.conftest import interrupt_at, make_folder
 
