@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from sslkit.data.folders import ImageFolder
-from sslkit.data.views import byol_view, eval_transform
+from sslkit.data.views import byol_plan, cpu_view, eval_transform
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     args = parser.parse_args()
     size, pad, top = args.img_size, 6, 22
-    view_t, view_t2 = byol_view(size, blur_p=1.0, solarize_p=0.0), byol_view(size, blur_p=0.1, solarize_p=0.2)
+    view_t, view_t2 = (cpu_view(view) for view in byol_plan(size))  # T: blur always; T': blur 0.1, solarize 0.2
     images = ImageFolder(args.folder)
     columns = 1 + 2 * args.draws
     sheet = Image.new("RGB", (columns * (size + pad) + pad, top + len(images) * (size + pad) + pad), "white")
