@@ -13,6 +13,7 @@ or the Python API gets the same one-line error.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class Settings:
     def __post_init__(self) -> None:
         for f, kind in typed_fields(type(self)):
             value = getattr(self, f.name)
-            if isinstance(value, list) and typing.get_origin(_unwrapped(kind)) is tuple:
+            if isinstance(value, list) and typing.get_origin(unwrapped(kind)) is tuple:
                 value = tuple(value)
                 object.__setattr__(self, f.name, value)
             check_type(f.name, kind, value)
@@ -71,13 +72,9 @@ def typed_fields(cls) -> list[tuple[dataclasses.Field, Any]]:
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
 
 
-_HINTS: dict[type, dict] = {}
-
-
+@functools.cache
 def _hints(cls) -> dict:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+    return typing.get_type_hints(cls)
 
 
 def option_name(name: str) -> str:
@@ -109,7 +106,7 @@ def _alternatives(kind: Any) -> tuple:
 _UnionType = type(int | None)
 
 
-def _unwrapped(kind: Any) -> Any:
+def unwrapped(kind: Any) -> Any:
     """``X | None`` -> ``X``."""
     kinds = [k for k in _alternatives(kind) if k is not type(None)]
     return kinds[0] if len(kinds) == 1 else kind

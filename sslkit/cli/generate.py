@@ -12,7 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from sslkit.settings import typed_fields
+from sslkit.settings import typed_fields, unwrapped
 
 Parameter = inspect.Parameter
 
@@ -37,7 +37,7 @@ def settings_options(cls, *, skip: tuple[str, ...] = (), help: dict[str, str] | 
     for f, kind in typed_fields(cls):
         text = (help or {}).get(f.name, f.metadata.get("help", ""))
         if text and f.name not in skip:
-            info = {"help": text.replace("{default}", _shown(f.default))}
+            info = {"help": text.replace("{default}", str(f.default))}
             shown_in = (panel or {}).get(f.name, f.metadata.get("panel"))
             if shown_in:
                 info["rich_help_panel"] = shown_in
@@ -49,9 +49,9 @@ def settings_options(cls, *, skip: tuple[str, ...] = (), help: dict[str, str] | 
 
 def _setting_option(f, kind: Any, info: dict) -> Parameter:
     meta, flags = f.metadata, f.metadata.get("flags", ())
-    if _unwrapped(kind) is bool and len(flags) == 1 and "/" not in flags[0]:  # an on-switch: --force
+    if unwrapped(kind) is bool and len(flags) == 1 and "/" not in flags[0]:  # an on-switch: --force
         return option(f.name, bool, *flags, default=False, **info)
-    read_as = meta.get("cli") or _unwrapped(kind)
+    read_as = meta.get("cli") or unwrapped(kind)
     if meta.get("cli_default"):
         return option(f.name, read_as, *flags, default=f.default, **info)
     return option(f.name, Optional[read_as], *flags, **info)
@@ -92,13 +92,3 @@ def _by_panel(parameters: list[Parameter], first: tuple, last: tuple) -> list[Pa
 def _panel(parameter: Parameter) -> str | None:
     info = parameter.annotation.__metadata__[0]
     return getattr(info, "rich_help_panel", None)
-
-
-def _unwrapped(kind: Any) -> Any:
-    """``X | None`` -> ``X``."""
-    args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
-    return args[0] if len(args) == 1 and type(None) in kind.__args__ else kind
-
-
-def _shown(default: Any) -> str:
-    return str(default)
