@@ -12,17 +12,12 @@ from sslkit import console
 from sslkit.methods import byol, dino, mae
 
 
-def keep_settings(train, options, num_images: int):
-    """A method without presets: the settings as given."""
-    return train, options
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     name: str  # sslkit pretrain NAME; recorded in every run and checkpoint
     config: type  # its settings: a frozen dataclass of sslkit.settings.setting fields
     build: Callable  # options -> nn.Module following sslkit.engine.method.Method
-    resolve: Callable = keep_settings  # (TrainConfig, options, number of images) -> both with presets filled in
+    resolve: Callable  # (TrainConfig, options, number of images) -> both, every None the trainer needs filled in
     help: str = ""  # sslkit pretrain NAME --help
     examples: tuple[str, ...] = ()
     shared_help: Mapping[str, str] = field(default_factory=dict)  # shared settings' help where its defaults differ
@@ -33,8 +28,8 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
-    """Make ``spec`` a method of ``sslkit.pretrain`` and ``sslkit pretrain`` (for the command line, before
-    ``sslkit.cli`` is imported, or through the entry-point group)."""
+    """Make ``spec`` a method of ``sslkit.pretrain``, and of ``sslkit pretrain`` when registered before the
+    command line runs (a package of its own uses the entry-point group instead)."""
     known = METHODS.get(spec.name)
     if known is not None and known != spec:
         raise ValueError(f"a method named {spec.name!r} is registered already")
