@@ -6,7 +6,6 @@ it scores the model where, and in the precision in which, the run trains it.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,8 +36,8 @@ class EvalContext:
 class Evaluation:
     """Scores computed after every ``every`` epochs and after the last: online k-NN, a probe's val accuracy.
 
-    ``score`` runs with the model in eval mode, without gradients and under the run's autocast; it is called
-    with the run's ``EvalContext`` when it takes an argument (``score(context)``), else as ``score()``. With
+    ``score(context)`` runs with the model in eval mode, without gradients and under the run's autocast, and
+    gets the run's ``EvalContext``. With
     ``best`` (a key of the scores), ``checkpoints/best.safetensors`` keeps the state at which that score was
     highest. With torchrun, a ``sharded`` score runs in every process (it shares out the work and returns the
     same scores in all); otherwise the first process scores while the others wait.
@@ -59,15 +58,7 @@ class Evaluation:
         model.eval()
         try:
             with torch.no_grad(), context.autocast():
-                return self.score(context) if _takes_context(self.score) else self.score()
+                return self.score(context)
         finally:
             for module, training in modes:
                 module.training = training
-
-
-def _takes_context(score: Callable) -> bool:
-    try:
-        inspect.signature(score).bind(None)
-    except (TypeError, ValueError):  # takes no argument, or a callable without a signature
-        return False
-    return True

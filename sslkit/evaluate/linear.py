@@ -32,7 +32,8 @@ from sslkit.data.views import crop_flip, crop_flip_view
 from sslkit.engine import dryrun
 from sslkit.engine.method import StepOutput
 from sslkit.engine.rng import seed_everything
-from sslkit.engine.trainer import Evaluation, Trainer
+from sslkit.engine.evaluation import EvalContext, Evaluation
+from sslkit.engine.trainer import Trainer
 from sslkit.evaluate.features import FeatureSet, FrozenFeatures
 from sslkit.evaluate.lr_choice import FOLDS, LrChoice, fits_the_slice
 from sslkit.evaluate.settings import LinearConfig
@@ -168,7 +169,8 @@ def run_linear_probe(options: LinearConfig, *, batch_given: bool = False, dry_ru
     probe = LinearProbe(val_features.shape[1], len(train_set.classes), lrs, options.recipe, extractor, metadata={
         "arch": frozen.loaded.arch, "img_size": str(frozen.loaded.img_size), "probed_model": options.model,
         "features": frozen.recipe.describe(), "classes": json.dumps(train_set.classes)})
-    history, fit = _train_heads(probe, dataset, train_cfg, options, decided, (val_features, val_labels), frozen.device)
+    history, fit = _train_heads(probe, dataset, train_cfg, options, decided, (val_features, val_labels),
+                                frozen.device)
     heads = [head_summary(lr, [epoch[i] for epoch in history]) for i, lr in enumerate(lrs)]
     return {**frozen.summary(train_set, val_set), "feature_dim": int(val_features.shape[1]),
             **_results(options, batch, heads, lrs, choice, fit)}
@@ -186,11 +188,11 @@ def _training_set(frozen: FrozenFeatures, train_set: ImageFolder, train_cfg: Tra
 def _train_heads(probe: LinearProbe, dataset, train_cfg: TrainConfig, options: LinearConfig, decided: dict,
                  val: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[list[list[dict]], dict]:
     """Train every head, scoring each on the ``val`` features and labels after every epoch: the scores per epoch
-    and head, and the trainer's result."""
+    and head, and the trainer's result. The features move to the run's ``device`` once, not per epoch."""
     history: list[list[dict]] = []
     val_x, val_y = val[0].to(device), val[1].to(device)
 
-    def score() -> dict[str, float]:
+    def score(_: EvalContext) -> dict[str, float]:
         heads = probe.score(val_x, val_y)
         history.append(heads)
         best = max(heads, key=lambda h: h["top1"])
@@ -272,7 +274,7 @@ def _fold_scores(frozen: FrozenFeatures, train_set: ImageFolder, trial: TrainCon
     held_x, held_y = features[held].to(frozen.device), labels[held].to(frozen.device)
     scored: list[dict] = []
 
-    def score() -> dict[str, float]:
+    def score(_: EvalContext) -> dict[str, float]:
         scored[:] = probe.score(held_x, held_y)
         return {"held_out_top1": max(h["top1"] for h in scored)}
 
