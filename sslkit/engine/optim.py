@@ -46,27 +46,31 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                update = param.grad
-                if group["weight_decay"] != 0:
-                    update = update.add(param, alpha=group["weight_decay"])
-                if not group["lars_exclude"]:
-                    param_norm = torch.linalg.vector_norm(param)
-                    update_norm = torch.linalg.vector_norm(update)
-                    # a tensor-valued ratio keeps this free of host syncs on the GPU
-                    trust = torch.where(
-                        (param_norm > 0) & (update_norm > 0), group["eta"] * param_norm / update_norm, 1.0
-                    )
-                    update = update * trust
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                buffer = state["momentum_buffer"]
-                buffer.mul_(group["momentum"]).add_(update)
-                param.add_(buffer, alpha=-group["lr"])
+            params = [param for param in group["params"] if param.grad is not None]
+            if not params:
+                continue
+            # multi-tensor kernels over the group: one Python call per operation, not per parameter
+            updates = [param.grad for param in params]
+            if group["weight_decay"] != 0:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+            if not group["lars_exclude"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                # a tensor-valued ratio keeps this free of host syncs on the GPU
+                trust = torch.where((param_norms > 0) & (update_norms > 0),
+                                    group["eta"] * param_norms / update_norms, 1.0)
+                updates = torch._foreach_mul(updates, list(trust.unbind()))
+            buffers = [self._momentum_buffer(param) for param in params]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
+
+    def _momentum_buffer(self, param: torch.Tensor) -> torch.Tensor:
+        state = self.state[param]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(param)
+        return state["momentum_buffer"]
 
 
 def build_optimizer(
