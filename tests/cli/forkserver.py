@@ -17,6 +17,9 @@ import sys
 def serve() -> None:
     import sslkit.api  # noqa: F401  (the slow imports, done once)
     from sslkit.cli import main
+    from sslkit.engine import device
+
+    device.native_cpu_bf16 = lambda: None  # as tests/conftest.py: --precision auto decides alike on every CPU kind
 
     replies = os.fdopen(os.dup(1), "w")
     for line in sys.stdin:

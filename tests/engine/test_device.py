@@ -19,8 +19,8 @@ from tests.conftest import TINY_BYOL, interrupt_at
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("native", [None, "AVX512-BF16", "AMX-BF16, AVX512-BF16"])
-def test_auto_on_the_cpu_resolves_the_same_on_every_call_for_a_cpu_kind_however_busy(monkeypatch, native):
+@pytest.mark.parametrize("native, chosen", [(None, "fp32"), ("AVX512-BF16", "fp32"), ("AMX-BF16, AVX512-BF16", "bf16")])
+def test_auto_on_the_cpu_resolves_the_same_on_every_call_for_a_cpu_kind_however_busy(monkeypatch, native, chosen):
     monkeypatch.setattr(device, "native_cpu_bf16", lambda: native)
     first = choose_precision("auto", CPU)
     with monkeypatch.context() as busy:  # a loaded machine: any timing the decision read would be noise
@@ -29,8 +29,35 @@ def test_auto_on_the_cpu_resolves_the_same_on_every_call_for_a_cpu_kind_however_
         busy.setattr(time, "monotonic", lambda: clock.uniform(0, 1e6))
         decisions = [choose_precision("auto", CPU) for _ in range(20)]
     assert decisions == [first] * 20
-    assert first.name == "fp32" and first.dtype is None
+    assert first.name == chosen and first.dtype is {"fp32": None, "bf16": torch.bfloat16}[chosen]
     assert (native or "no native bf16") in first.reason
+
+
+def test_cpu_bf16_autocast_computes_attention_that_is_trained_in_fp32_and_the_rest_in_bf16():
+    """PyTorch's fused CPU attention is several times slower backward in bf16 than in fp32: under the CPU's bf16
+    autocast, attention with gradients takes fp32 (the result rounded to bf16); without gradients, bf16."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 16)
+    x = torch.randn(2, 3, 5, 16)
+    with Precision("bf16", "as asked").autocast(CPU):
+        q = linear(x)
+        trained = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        with torch.no_grad():
+            frozen = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert q.dtype is trained.dtype is frozen.dtype is torch.bfloat16
+    in_fp32 = torch.nn.functional.scaled_dot_product_attention(*[q.detach().float()] * 3)
+    in_bf16 = torch.nn.functional.scaled_dot_product_attention(*[q.detach()] * 3)
+    assert torch.equal(trained.detach(), in_fp32.to(torch.bfloat16))
+    assert torch.equal(frozen, in_bf16) and not torch.equal(in_fp32.to(torch.bfloat16), in_bf16)
+    trained.float().sum().backward()
+    expected = torch.nn.Linear(16, 16)
+    expected.load_state_dict(linear.state_dict())
+    linear_grad = linear.weight.grad.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = expected(x)
+    out = torch.nn.functional.scaled_dot_product_attention(q.float(), q.float(), q.float()).to(torch.bfloat16)
+    out.float().sum().backward()
+    assert torch.equal(linear_grad, expected.weight.grad)
 
 
 def test_native_bf16_is_read_from_pytorchs_cpu_checks(monkeypatch):
