@@ -90,6 +90,18 @@ def test_each_image_gets_its_own_jitter_order_then_grayscale_and_blur():
         assert (out[i].float() - expected).abs().max() <= 1  # rounding once, not per operation
 
 
+def test_the_cpus_jitter_of_only_the_chosen_operations_equals_the_masked_jitter_of_all_sixteen():
+    """On a CPU each image runs only the operation it chose at each position; the GPU's masked version runs
+    all four there, three of them neutral. They agree to float rounding (a neutral hue turn is a round trip)."""
+    x = images(count=64, size=16, seed=1)
+    params = ph.colour_params(torch.rand(64, 13, generator=torch.Generator().manual_seed(2)), 0.5, 0.2, 3, (0.1, 2))
+    assert 0 < int((params[:, :4] != torch.tensor(ph.NEUTRAL)).any(1).sum()) < 64  # some jittered, some not
+    picked, masked = ph._jitter_picked(x, params), ph._jitter_masked(x, params)
+    assert torch.allclose(picked, masked, atol=1e-5) and not torch.equal(picked, masked)
+    unjittered = ~(params[:, :4] != torch.tensor(ph.NEUTRAL)).any(1)
+    assert torch.equal(picked[unjittered], x[unjittered])
+
+
 def test_parameters_follow_torchvisions_distributions_and_the_sample_seed():
     draw = ph.DrawPhotometric(blur_p=0.5, solarize_p=0.2, kernel_size=7, sigma=(0.1, 2.0))
     image = torch.zeros(3, 4, 4, dtype=torch.uint8)
