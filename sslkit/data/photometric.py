@@ -89,7 +89,9 @@ def colour_params(numbers: torch.Tensor, blur_p: float, solarize_p: float, kerne
 def apply_photometric(images: torch.Tensor, params: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) images and their (B, NUM_PARAMS) parameters -> augmented uint8 images."""
     x = images.float() / 255
-    x = (_jitter_picked if x.device.type == "cpu" else _jitter_masked)(x, params)
+    # picking images gives data-dependent shapes: a GPU would wait for them, torch.compile would recompile
+    by_image = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    x = (_jitter_picked if by_image else _jitter_masked)(x, params)
     x = torch.where(_per_image(params[:, GRAY]) > 0, grayscale(x).expand_as(x), x)
     x = gaussian_blur(x, params[:, SIGMA], kernel_size)
     x = torch.where((_per_image(params[:, SOLARIZE]) > 0) & (x >= 128 / 255), 1 - x, x)

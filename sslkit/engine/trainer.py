@@ -79,8 +79,9 @@ class Trainer:
                                     self.dist.rank, self.dist.world_size)
         micro_batch = cfg.batch_size // (self.dist.world_size * cfg.accum_steps)
         # the colour augmentations on the device: of the store path's views, and of the loader's views that
-        # carry their parameters (--augment-on device)
-        photometric = torch.compile(apply_photometric, dynamic=False) if cfg.compile else apply_photometric
+        # carry their parameters (--augment-on device); a CPU's runs eagerly, picking the images per operation
+        compile_photometric = cfg.compile and self.device.type != "cpu"
+        photometric = torch.compile(apply_photometric, dynamic=False) if compile_photometric else apply_photometric
         if isinstance(dataset, StoreViews):  # the store path: batches made on the device, no workers
             self.loader, self.workers = dataset.loader(self.sampler, micro_batch, self.device, photometric), 0
         else:

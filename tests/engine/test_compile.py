@@ -26,8 +26,9 @@ def losses(run) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-# the training step, plus on the device the colour augmentation per view size (BYOL: one, DINO: global and local)
-GRAPHS = {"byol": 2, "dino": 3, "mae": 1}
+# the training step; on a CPU the colour augmentation stays eager (it picks the images each operation changes,
+# data-dependent shapes), on a GPU it is one more graph per view size (BYOL: one, DINO: global and local)
+GRAPHS = {"byol": 1, "dino": 1, "mae": 1}
 
 
 @pytest.mark.parametrize("method", ["byol", "dino", "mae"])
