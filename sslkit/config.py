@@ -36,9 +36,9 @@ def device_setting():
 
 
 def precision_setting():
-    return setting("auto", "auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs; decided once per "
-                           "run, recorded, and kept by --resume; the run's first lines say which and why), bf16, "
-                           "fp16 or fp32.", panel=HW, check=one_of(*PRECISIONS))
+    return setting("auto", "auto (bf16 on GPUs that support it, fp16 on older GPUs, bf16 on CPUs with AMX, fp32 on "
+                           "other CPUs; decided once per run, recorded, and kept by --resume; the run's first lines "
+                           "say which and why), bf16, fp16 or fp32.", panel=HW, check=one_of(*PRECISIONS))
 
 
 def workers_setting():

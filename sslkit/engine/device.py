@@ -49,8 +49,9 @@ class Precision:
 
 def choose_precision(name: str, device: torch.device) -> Precision:
     """``--precision`` resolved for ``device``. auto: bf16 on GPUs that support it, else fp16 (with loss
-    scaling); fp32 on the CPU. The decision depends on the hardware only, never on a timing, so it is the same
-    on every call. Losses are computed in fp32 whatever the precision."""
+    scaling); on a CPU bf16 where it has AMX, else fp32 (``cpu_auto_precision``). The decision depends on the
+    hardware only, never on a timing, so it is the same on every call. Losses are computed in fp32 whatever
+    the precision."""
     if name == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
     if name != "auto":
@@ -84,8 +85,8 @@ def run_precision(asked: str, device: torch.device, saved: dict[str, str] | None
 def cpu_auto_precision(native: str | None) -> Precision:
     """``auto`` on a CPU whose native bf16 instructions are ``native`` (None: bf16 is emulated there).
 
-    bf16 where the CPU has AMX matrix units: whole training steps run about 1.9x faster than in fp32 for BYOL
-    ResNet-18 and DINO ViT-Tiny, MAE ViT-Tiny about as fast, at no measured cost in accuracy (docs/scaling.md).
+    bf16 where the CPU has AMX matrix units: a training step runs 1.36x faster than in fp32 for BYOL ResNet-18,
+    1.21x for DINO ViT-Tiny and 1.13x for MAE ViT-Tiny, at no measured cost in accuracy (docs/scaling.md).
     fp32 elsewhere: where bf16 is emulated (AVX2) it runs at a few percent of the fp32 speed, and AVX512-BF16
     without AMX has not been measured faster. --precision bf16 uses it anyway."""
     if native is None:
@@ -98,8 +99,8 @@ def cpu_auto_precision(native: str | None) -> Precision:
 
 class _TrainedAttentionInFP32(TorchFunctionMode):
     """Attention that gradients flow through computed in fp32 under bf16 autocast on the CPU: PyTorch's fused
-    CPU attention runs its backward several times slower in bf16 than in fp32 (for ViT-Tiny's 17-token sequences
-    7x, the whole DINO step 1.3x slower), while its forward alone is faster in bf16."""
+    CPU attention runs forward and backward 7x slower in bf16 than in fp32 for ViT-Tiny's 17-token sequences
+    (a whole DINO step 1.3x slower), while its forward alone is faster in bf16."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
