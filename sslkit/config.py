@@ -157,6 +157,11 @@ AUGMENT_ON_HELP = ("Where the colour augmentations run: cpu (default), or device
                    "machines whose CPU cannot feed the GPU (watch data_wait in metrics.jsonl).")
 
 
+def augment_on_setting():
+    """--augment-on, for the methods with colour augmentations (BYOL, DINO)."""
+    return setting("cpu", AUGMENT_ON_HELP, panel=HW, check=one_of(*AUGMENT_ON))
+
+
 @dataclass(frozen=True)
 class ContinueConfig(Settings):
     """pretrain --continue-from: the weights a new run starts from (not --resume: step 0, fresh schedules)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.config import ARCH_HELP, AUGMENT_ON, AUGMENT_ON_HELP, HW, IMG_SIZE_HELP, RUN, TrainConfig, with_defaults
+from sslkit.config import ARCH_HELP, IMG_SIZE_HELP, RUN, TrainConfig, augment_on_setting, with_defaults
 from sslkit.data.views import byol_plan, cpu_views
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
@@ -22,7 +22,7 @@ from sslkit.engine.optim import ADAMW_BETAS, decay_groups
 from sslkit.engine.schedules import cosine
 from sslkit.models.backbones import Normalize, create_backbone, feature_dim, prefers_channels_last
 from sslkit.models.heads import MLP
-from sslkit.settings import Settings, between_0_and_1, one_of, pixels, positive, setting
+from sslkit.settings import Settings, between_0_and_1, pixels, positive, setting
 
 # byol/configs/byol.py: presets by run length, epochs -> (base lr for LARS, weight decay, tau_base)
 PRESETS = {40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996)}
@@ -49,7 +49,7 @@ class BYOLConfig(Settings):
         None, "Start of the target EMA momentum, cosine to 1 (default: the official preset for the run length: 0.97 "
               "up to 40 epochs, 0.99 up to 300, 0.996 beyond). Lower it if the loss stalls on a short run.",
         panel=PANEL, check=between_0_and_1)
-    augment_on: str = setting("cpu", AUGMENT_ON_HELP, panel=HW, check=one_of(*AUGMENT_ON))
+    augment_on: str = augment_on_setting()
 
 
 # sslkit pretrain byol --help

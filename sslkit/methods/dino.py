@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import console
-from sslkit.config import ARCH_HELP, AUGMENT_ON, AUGMENT_ON_HELP, HW, IMG_SIZE_HELP, RUN, TrainConfig, with_defaults
+from sslkit.config import ARCH_HELP, IMG_SIZE_HELP, RUN, TrainConfig, augment_on_setting, with_defaults
 from sslkit.data.views import ViewSet, cpu_views, dino_plan, local_crop_size
 from sslkit.engine.ema import ema_update
 from sslkit.engine.method import Progress, StepOutput
@@ -79,7 +79,7 @@ class DINOConfig(Settings):
     local_crop_size: int | None = setting(
         None, "Side of the local crops (default: --img-size x 96/224 rounded to 16; 32 at 64 px).", panel=CROPS,
         check=pixels)
-    augment_on: str = setting("cpu", AUGMENT_ON_HELP, panel=HW, check=one_of(*AUGMENT_ON))
+    augment_on: str = augment_on_setting()
 
 
 # sslkit pretrain dino --help
