@@ -1,8 +1,8 @@
 """Self-attention maps of a ViT's last block: the CLS query over the patch keys, per head (DINO's
 visualize_attention), drawn as PNG heat maps, overlays and threshold masks.
 
-The attention is recomputed from the last block's own qkv projection (a forward pre-hook captures its
-input), so timm's fused attention kernel, which never materialises the attention matrix, stays untouched.
+The weights are read from the last block's own attention (:func:`last_block_attention`), so registers, DINOv3's
+storage tokens and its RoPE are handled as the model handles them; the maps leave the prefix tokens out.
 
 On a patch grid other than the trained one the position embedding is resampled either as timm does it
 (antialiased bicubic to the exact grid) or as DINO's own code does (:func:`dino_resample_pos_embed`); the
@@ -11,7 +11,6 @@ weights are never changed.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 
 from sslkit import console
 from sslkit.data.folders import decoded
@@ -30,8 +28,9 @@ from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
 from sslkit.files import OutputFolder, unique_names
 from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
+from sslkit.models.posembed import RESAMPLINGS, dino_resample_pos_embed
 from sslkit.settings import choice
-from sslkit.visualize.settings import POS_RESAMPLINGS, AttentionConfig
+from sslkit.visualize.settings import AttentionConfig
 
 # viridis at ten evenly spaced points (matplotlib's default colour map), interpolated to 256 entries
 _VIRIDIS = np.array([
@@ -47,49 +46,30 @@ COLORMAP = np.stack(
 def last_block_attention(backbone: nn.Module, images: torch.Tensor, pos_resample: str = "timm") -> torch.Tensor:
     """``softmax(q k^T / sqrt(d))`` of the last block for normalised ``images``: (B, heads, tokens, tokens).
 
+    The weights are the block's own: for this one forward its attention takes timm's unfused path, and a hook
+    reads the probabilities where they leave the softmax (its ``attn_drop``, the identity in eval mode). So
+    whatever the model does to q and k before (RoPE on the patch tokens of DINOv3, q/k norms, split q/v biases)
+    is in them, and timm's fused kernel stays untouched in every other block.
+
     ``pos_resample`` says how the position embedding meets a patch grid other than the trained one: ``timm``
     (the backbone's own forward) or ``dino`` (:func:`dino_embed`)."""
-    choice("pos_resample", pos_resample, POS_RESAMPLINGS)
+    choice("pos_resample", pos_resample, RESAMPLINGS)
     attn = backbone.blocks[-1].attn
+    if not hasattr(attn, "fused_attn") or not isinstance(getattr(attn, "attn_drop", None), nn.Module):
+        raise UsageError(f"sslkit cannot read the attention weights of {type(attn).__name__} (not a timm ViT "
+                         "attention)")
     captured = {}
-    handle = attn.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
+    handle = attn.attn_drop.register_forward_hook(lambda module, args, out: captured.update(probs=out))
+    fused, attn.fused_attn = attn.fused_attn, False
     try:
         if pos_resample == "dino":
             backbone.blocks(dino_embed(backbone, images))
         else:
             backbone.forward_features(images)
     finally:
+        attn.fused_attn = fused
         handle.remove()
-    x = captured["x"]
-    batch, tokens, _ = x.shape
-    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
-
-
-def dino_resample_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int],
-                            num_prefix_tokens: int = 1) -> torch.Tensor:
-    """A position embedding (1, prefix + N, D) trained on a square grid of N patches, for a ``grid_hw`` grid as
-    DINO's ``interpolate_pos_encoding`` resamples it.
-
-    The patch part, as a sqrt(N) x sqrt(N) image of D channels, is resized bicubically by the scale factors
-    ``(h + 0.1) / sqrt(N)`` and ``(w + 0.1) / sqrt(N)`` (DINO adds 0.1 so that floating point error cannot round
-    the output size down; the factors, not the sizes, place the samples), without antialiasing and with
-    ``align_corners=False``; the prefix (CLS) embeddings are kept. The trained grid itself is left unchanged.
-    """
-    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    side = math.isqrt(patches.shape[1])
-    if side * side != patches.shape[1]:
-        raise UsageError(f"DINO's resampling needs a square trained grid, not {patches.shape[1]} patches")
-    h, w = grid_hw
-    if (h, w) == (side, side):
-        return pos_embed
-    square = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    resized = F.interpolate(square, scale_factor=((h + 0.1) / side, (w + 0.1) / side), mode="bicubic")
-    if resized.shape[-2:] != (h, w):
-        raise UsageError(f"DINO's resampling gave a {tuple(resized.shape[-2:])} grid, not {(h, w)}")
-    resized = resized.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
-    return torch.cat([prefix, resized], dim=1)
+    return captured["probs"].float()
 
 
 def dino_embed(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -125,7 +105,7 @@ def choose_pos_resample(loaded: LoadedBackbone, requested: str | None = None) ->
     were trained, local crops included, with DINO's resampling; timm for everything else."""
     if requested is None:
         return "dino" if official_dino(loaded) else "timm"
-    choice("pos_resample", requested, POS_RESAMPLINGS)
+    choice("pos_resample", requested, RESAMPLINGS)
     if requested == "dino" and getattr(loaded.module, "pos_embed", None) is None:
         raise UsageError(f"{loaded.source} has no learned position embedding; --pos-resample dino does not apply")
     return requested

@@ -19,7 +19,7 @@ def _open_unit_interval(name: str, value: float) -> None:
         raise UsageError(f"--{name.replace('_', '-')} must lie between 0 and 1, not {value}")
 
 
-POS_RESAMPLINGS = ("dino", "timm")
+POS_RESAMPLINGS = ("dino", "timm")  # sslkit.models.posembed.RESAMPLINGS, without importing torch
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,65 @@ def test_conv_net_has_no_attention_maps(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     with pytest.raises(UsageError, match="not a vision transformer"):
         sslkit.attention("timm:test_resnet", [tmp_path / "x.png"], tmp_path / "a")
+
+
+def layer_scaled(arch: str, img_size: int, seed: int = 0) -> torch.nn.Module:
+    """A random-init timm model of any input size whose layer scales are far from their 1e-5 init, so that every
+    block counts."""
+    torch.manual_seed(seed)
+    model = create_backbone(arch, img_size, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name.endswith(("gamma", "gamma_1", "gamma_2")):
+                value.uniform_(0.5, 1.5)
+    return model
+
+
+def last_block_input(model, images) -> dict:
+    """What the last block's attention is called with (its tokens, and the RoPE of a DINOv3)."""
+    seen = {}
+    handle = model.blocks[-1].attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(x=args[0], rope=kwargs.get("rope")), with_kwargs=True)
+    model.forward_features(images)
+    handle.remove()
+    return seen
+
+
+def test_attention_of_dinov2_with_registers_is_the_blocks_own_and_its_maps_leave_the_registers_out():
+    model = layer_scaled("vit_small_patch14_reg4_dinov2", 56)  # 4 x 4 patches, CLS + 4 registers
+    images = torch.randn(1, 3, 56, 70)  # a 4 x 5 grid
+    attn = model.blocks[-1].attn
+    x = last_block_input(model, images)["x"]
+    q, k, _ = attn.qkv(x).reshape(1, 25, 3, 6, 64).permute(2, 0, 3, 1, 4)
+    direct = (q @ k.transpose(-2, -1) * 64 ** -0.5).softmax(dim=-1)
+    probs = last_block_attention(model, images)
+    assert probs.shape == (1, 6, 25, 25) and torch.allclose(probs, direct, atol=1e-5)
+    assert attn.fused_attn  # the fused kernel is back for every later forward
+    maps = cls_attention(probs, model.num_prefix_tokens, (4, 5))
+    assert maps.shape == (1, 6, 4, 5)
+    assert torch.allclose(maps.flatten(2), direct[:, :, 0, 5:], atol=1e-5)  # patches only, registers left out
+
+
+def test_attention_of_dinov3_applies_rope_to_the_patch_queries_and_keys_as_the_model_does():
+    from timm.layers import apply_rot_embed_cat
+
+    model = layer_scaled("vit_small_patch16_dinov3_qkvb", 64)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.q_bias.normal_()  # released q / v biases are not zero
+    images = torch.randn(1, 3, 64, 96)  # a 4 x 6 grid, CLS + 4 storage tokens first
+    attn, prefix = model.blocks[-1].attn, model.num_prefix_tokens
+    seen = last_block_input(model, images)
+    bias = torch.cat([attn.q_bias, attn.k_bias, attn.v_bias])
+    q, k, _ = F.linear(seen["x"], attn.qkv.weight, bias).reshape(1, 29, 3, 6, 64).permute(2, 0, 3, 1, 4)
+
+    def rotated(t):
+        return torch.cat([t[:, :, :prefix], apply_rot_embed_cat(t[:, :, prefix:], seen["rope"], half=True)], dim=2)
+
+    direct = (rotated(q) @ rotated(k).transpose(-2, -1) * 64 ** -0.5).softmax(dim=-1)
+    without_rope = (q @ k.transpose(-2, -1) * 64 ** -0.5).softmax(dim=-1)
+    probs = last_block_attention(model, images)
+    assert torch.allclose(probs, direct, atol=1e-5)
+    assert (probs - without_rope).abs().max() > 1e-3  # RoPE changes the weights: leaving it out would show
+    maps = cls_attention(probs, prefix, (4, 6))
+    assert torch.allclose(maps.flatten(2), direct[:, :, 0, 5:], atol=1e-5)
