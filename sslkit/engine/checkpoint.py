@@ -21,8 +21,7 @@ from sslkit import __version__, console
 from sslkit.engine import foreign
 from sslkit.errors import UsageError
 from sslkit.files import write_atomic
-from sslkit.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, create_backbone, create_thumbnail, has_weights,
-                                     is_vit, patch_size)
+from sslkit.models.backbones import create_backbone, create_thumbnail, has_weights, is_vit, normalization, patch_size
 
 FORMAT = "sslkit/1"
 
@@ -299,9 +298,10 @@ def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm", licenc
     module = loaded.module
     imported = not loaded.method and not loaded.source.startswith("timm:")
     licence = licence or loaded.licence or ("unknown: check the terms of the weights' source" if imported else None)
+    mean, std = normalization(module)
     metadata = {
         "arch": loaded.arch, "img_size": str(loaded.img_size), "patch_size": str(patch_size(module) or ""),
-        "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
+        "mean": json.dumps(mean), "std": json.dumps(std),
         "pooling": str(getattr(module, "global_pool", "token")) if is_vit(module) else "avg",
         "method": loaded.method or "none",
         "step": loaded.step, "source": loaded.source, "sslkit_version": __version__,

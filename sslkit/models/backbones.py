@@ -32,19 +32,49 @@ class Normalize(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images.float() * self.scale - self.shift
 
+    @classmethod
+    def of(cls, model: nn.Module) -> "Normalize":
+        """The standardisation ``model`` expects (:func:`normalization`)."""
+        return cls(*normalization(model))
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The channel mean and std a backbone's inputs are standardised with: ImageNet's for everything sslkit
+    builds and trains, the released weights' own where they differ (DINOv3's satellite models), kept where timm
+    keeps them, in the model's ``pretrained_cfg`` (see :func:`set_normalization`)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def set_normalization(model: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+    """Record the mean and std ``model``'s inputs are standardised with, where timm's data config reads them."""
+    if hasattr(model, "pretrained_cfg"):
+        model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(mean), "std": tuple(std)}
+
 
 def create_backbone(arch: str, img_size: int | None = None, **vit_options) -> nn.Module:
-    """A randomly initialised timm model ``arch`` without classifier.
+    """A randomly initialised timm model ``arch`` without classifier, its inputs standardised with ImageNet's
+    mean and std (:func:`normalization`).
 
-    ViTs are built for ``img_size`` with ``vit_options`` (e.g. ``drop_path_rate``, ``dynamic_img_size``);
-    conv nets take any input size and are built without them.
+    ViTs are built for ``img_size`` with ``vit_options`` (e.g. ``drop_path_rate``, ``dynamic_img_size``) over
+    sslkit's defaults for the architecture (:func:`arch_defaults`); conv nets take any input size and are built
+    without them.
     """
     if not timm.is_model(arch):
         raise UsageError(f"unknown architecture '{arch}'{_suggest(arch)}")
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size, **vit_options)
+        model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size,
+                                  **{**arch_defaults(arch), **vit_options})
     except TypeError:  # no img_size argument: not a ViT
-        return timm.create_model(arch, pretrained=False, num_classes=0)
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
+    set_normalization(model)
+    return model
+
+
+def arch_defaults(arch: str) -> dict:
+    """Options an architecture is built with unless told otherwise: DINOv3's ViTs pool their features as DINOv3
+    does, by the CLS token (timm's Eva defaults to the mean patch token)."""
+    return {"global_pool": "token"} if arch.endswith(("_dinov3", "_dinov3_qkvb")) else {}
 
 
 @lru_cache(maxsize=1)
@@ -195,7 +225,7 @@ class FeatureExtractor(nn.Module):
         self.backbone = backbone.eval().requires_grad_(False) if freeze else backbone
         self.recipe = recipe or FeatureRecipe()
         self.recipe.check(backbone)
-        self.normalize = Normalize()
+        self.normalize = Normalize.of(backbone)
         self.channels_last = prefers_channels_last(backbone)
         if self.channels_last and freeze:
             self.backbone.to(memory_format=torch.channels_last)
