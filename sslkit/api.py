@@ -143,7 +143,12 @@ def attention(model: str, images: list[str | Path], out: str | Path, **settings)
     writes to ``out/attention.json``) per image its size, patch grid and share of attention in the central region.
     ``out`` may hold an earlier output of this command; with ``force`` other files too, never overwritten.
     ``pos_resample`` (dino or timm) says how the position embedding is resampled to each image's patch grid;
-    by default dino for official DINO weights, timm otherwise. ``settings``: sslkit.visualize.settings.AttentionConfig.
+    by default dino for official DINO weights, timm otherwise. ``pca=True`` also writes ``pca.png`` per image
+    (DINOv2's figure 1): the first three components of a PCA of the final-norm patch features, fitted jointly over
+    all the images on their foreground patches (those a first PCA of all patches puts above 0), as red, green and
+    blue on black, and ``pca-foreground.png``, that foreground; the results then hold ``pca`` (the explained
+    variances and the sign rules) and each image's ``pca_foreground_patches``. ``settings``:
+    sslkit.visualize.settings.AttentionConfig.
     """
     options = AttentionConfig(**_given(settings))
     return write_attention_maps(str(model), image_files(images), out, options)

@@ -1,8 +1,9 @@
 """Self-attention maps of a ViT's last block: the CLS query over the patch keys, per head (DINO's
 visualize_attention), drawn as PNG heat maps, overlays and threshold masks.
 
-The weights are read from the last block's own attention (:func:`last_block_attention`), so registers, DINOv3's
-storage tokens and its RoPE are handled as the model handles them; the maps leave the prefix tokens out.
+The weights are read from the last block's own attention (:func:`last_block_forward`), so registers, DINOv3's
+storage tokens and its RoPE are handled as the model handles them; the maps leave the prefix tokens out. The same
+forward gives the final-norm patch tokens that ``--pca`` colours (sslkit.visualize.pca).
 
 On a patch grid other than the trained one the position embedding is resampled either as timm does it
 (antialiased bicubic to the exact grid) or as DINO's own code does (:func:`dino_resample_pos_embed`); the
@@ -30,6 +31,7 @@ from sslkit.files import OutputFolder, unique_names
 from sslkit.models.backbones import FeatureExtractor, is_vit, patch_size
 from sslkit.models.posembed import RESAMPLINGS, dino_resample_pos_embed
 from sslkit.settings import choice
+from sslkit.visualize.pca import foreground_picture, patch_pca, pca_picture
 from sslkit.visualize.settings import AttentionConfig
 
 # viridis at ten evenly spaced points (matplotlib's default colour map), interpolated to 256 entries
@@ -40,11 +42,14 @@ _VIRIDIS = np.array([
 COLORMAP = np.stack(
     [np.interp(np.linspace(0, 9, 256), np.arange(10), _VIRIDIS[:, c]) for c in range(3)], axis=1
 ).round().astype(np.uint8)
+PCA_PICTURES = ("pca.png", "pca-foreground.png")  # with --pca, per image
 
 
 @torch.no_grad()
-def last_block_attention(backbone: nn.Module, images: torch.Tensor, pos_resample: str = "timm") -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d))`` of the last block for normalised ``images``: (B, heads, tokens, tokens).
+def last_block_forward(backbone: nn.Module, images: torch.Tensor,
+                       pos_resample: str = "timm") -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of normalised ``images``: the last block's ``softmax(q k^T / sqrt(d))``, (B, heads, tokens,
+    tokens), and the tokens after the final norm, (B, tokens, dim), prefix tokens first.
 
     The weights are the block's own: for this one forward its attention takes timm's unfused path, and a hook
     reads the probabilities where they leave the softmax (its ``attn_drop``, the identity in eval mode). So
@@ -62,14 +67,19 @@ def last_block_attention(backbone: nn.Module, images: torch.Tensor, pos_resample
     handle = attn.attn_drop.register_forward_hook(lambda module, args, out: captured.update(probs=out))
     fused, attn.fused_attn = attn.fused_attn, False
     try:
-        if pos_resample == "dino":
-            backbone.blocks(dino_embed(backbone, images))
+        if pos_resample == "dino":  # what forward_features does after its embedding
+            tokens = backbone.norm(backbone.blocks(dino_embed(backbone, images)))
         else:
-            backbone.forward_features(images)
+            tokens = backbone.forward_features(images)
     finally:
         attn.fused_attn = fused
         handle.remove()
-    return captured["probs"].float()
+    return captured["probs"].float(), tokens
+
+
+def last_block_attention(backbone: nn.Module, images: torch.Tensor, pos_resample: str = "timm") -> torch.Tensor:
+    """The last block's attention weights of :func:`last_block_forward`: (B, heads, tokens, tokens)."""
+    return last_block_forward(backbone, images, pos_resample)[0]
 
 
 def dino_embed(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -170,12 +180,12 @@ def masked(image: np.ndarray, mask: torch.Tensor, patch: int) -> np.ndarray:
     return np.where(pixels, image, image // 4).astype(np.uint8)
 
 
-def picture_names(heads: int, threshold: float | None) -> list[str]:
-    """The PNGs written per image, in the order :func:`pictures` draws them."""
+def picture_names(heads: int, threshold: float | None, pca: bool = False) -> list[str]:
+    """The PNGs written per image: those :func:`pictures` draws, in its order, then with ``pca`` the PCA's."""
     names = ["img.png", *(f"attn-head{h}.png" for h in range(heads)), "attn-mean.png", "overlay.png"]
     if threshold is not None:
         names += [*(f"mask-th{threshold:g}-head{h}.png" for h in range(heads)), f"mask-th{threshold:g}-mean.png"]
-    return names
+    return names + (list(PCA_PICTURES) if pca else [])
 
 
 def pictures(pixels: np.ndarray, maps: torch.Tensor, patch: int, threshold: float | None) -> list[np.ndarray]:
@@ -193,13 +203,37 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
+def compact_patch_features(tokens: torch.Tensor, prefix_tokens: int, image: Path) -> torch.Tensor:
+    """One image's patch tokens (prefix tokens left out) as float16 on the CPU, 2 bytes a value, for the joint
+    PCA that needs every image's before it can draw any."""
+    features = tokens[prefix_tokens:].to(torch.float16).cpu()
+    if not torch.isfinite(features).all():
+        raise UsageError(f"the patch features of {image} are not finite in float16 (beyond 65504 or NaN), so "
+                         "--pca cannot use them")
+    return features
+
+
+def write_pca_pictures(out: OutputFolder, folders: list[str], features: list[torch.Tensor],
+                       grids: list[tuple[int, int]], patch: int, results: list[dict]) -> dict:
+    """``pca.png`` and ``pca-foreground.png`` in each of ``folders`` (sslkit.visualize.pca), fitted jointly over
+    all images; each image's row of ``results`` gets its number of foreground patches. Returns the PCA's
+    settings and explained variances for attention.json."""
+    fitted = patch_pca(features, grids)
+    for folder, grid, colours, foreground, row in zip(folders, grids, fitted.colours, fitted.foreground, results):
+        out.write(f"{folder}/pca.png", partial(save_png, pca_picture(colours, grid, patch)))
+        out.write(f"{folder}/pca-foreground.png", partial(save_png, foreground_picture(foreground, grid, patch)))
+        row["pca_foreground_patches"] = int(foreground.sum())
+    return {"features": "the final-norm patch tokens (prefix tokens left out), kept in float16",
+            "fitted_on_images": len(features), **fitted.summary}
+
+
 def write_attention_maps(model: str, files: list[Path], out: str | Path, options: AttentionConfig) -> dict:
     """The pictures of every image of ``files`` under ``out/<name>/`` and the summary, also written to
     ``out/attention.json`` (see sslkit.api.attention)."""
-    img_size, threshold = options.img_size, options.threshold
+    img_size, threshold, pca = options.img_size, options.threshold, options.pca
     names = dict(zip(files, unique_names(files)))
     out = OutputFolder(out, "attention", options.force)
-    out.claim([f"{names[path]}/{png}" for path in files for png in picture_names(0, threshold)]
+    out.claim([f"{names[path]}/{png}" for path in files for png in picture_names(0, threshold, pca)]
               + ["attention.json"], files)  # what does not depend on the model, before it is loaded
     loaded = load_backbone(model, options.checkpoint_key, arch=options.arch, dynamic=True,
                            allow_partial=options.allow_partial)
@@ -209,24 +243,31 @@ def write_attention_maps(model: str, files: list[Path], out: str | Path, options
     torch_device = resolve_device(options.device)
     extractor = FeatureExtractor(loaded.module).to(torch_device)
     patch, prefix = patch_size(loaded.module), loaded.module.num_prefix_tokens
-    pngs = picture_names(loaded.module.blocks[-1].attn.num_heads, threshold)
-    out.claim([f"{names[path]}/{png}" for path in files for png in pngs], files)
-    results = []
+    heads = loaded.module.blocks[-1].attn.num_heads
+    out.claim([f"{names[path]}/{png}" for path in files for png in picture_names(heads, threshold, pca)], files)
+    results, folders, patch_features, grids = [], [], [], []
     for path, picture in console.track(decoded(files), len(files), "attention maps"):
         image = prepare_image(picture, img_size, patch)
         grid = (image.shape[-2] // patch, image.shape[-1] // patch)
-        probs = last_block_attention(extractor.backbone, extractor.normalize(image[None].to(torch_device)),
-                                     pos_resample)
+        probs, tokens = last_block_forward(extractor.backbone, extractor.normalize(image[None].to(torch_device)),
+                                           pos_resample)
         maps = cls_attention(probs, prefix, grid)[0].cpu()  # (heads, h, w)
-        for png, array in zip(pngs, pictures(image.permute(1, 2, 0).numpy(), maps, patch, threshold)):
+        drawn = pictures(image.permute(1, 2, 0).numpy(), maps, patch, threshold)
+        for png, array in zip(picture_names(heads, threshold), drawn):
             out.write(f"{names[path]}/{png}", partial(save_png, array))
         results.append({"image": str(path), "out": str(out.root / names[path]), "size": list(image.shape[-2:]),
                         "grid": list(grid), "heads": len(maps),
                         "central_mass": round(float(central_mass(maps.mean(dim=0))), 4)})
+        if pca:
+            folders.append(names[path])
+            patch_features.append(compact_patch_features(tokens[0], prefix, path))
+            grids.append(grid)
     summary = {
         "model": model, "description": loaded.description, "img_size": img_size, "patch_size": patch,
         "pos_resample": pos_resample, "threshold": threshold, "images": results,
         "mean_central_mass": round(sum(r["central_mass"] for r in results) / len(results), 4),
     }
+    if pca:
+        summary["pca"] = write_pca_pictures(out, folders, patch_features, grids, patch, results)
     out.write_json("attention.json", summary)
     return summary

@@ -30,6 +30,11 @@ class AttentionConfig(Settings):
                                  "size.", check=pixels, cli_default=True)
     threshold: float | None = setting(None, "Also draw the masks keeping this share of the attention mass (DINO "
                                             "uses 0.6).", check=_open_unit_interval)
+    pca: bool = setting(False, "Also draw pca.png per image: the first three principal components of the "
+                               "final-norm patch features as red, green and blue, background black (DINOv2's "
+                               "figure 1), fitted over all the images together so that alike parts get alike "
+                               "colours; pca-foreground.png shows the patches kept as foreground. Holds every "
+                               "image's patch features in memory, 2 bytes a value.", flags=("--pca",))
     checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student.", check=one_of(*KEYS),
                                   cli_default=True)
     arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViT-S/B/L).")
