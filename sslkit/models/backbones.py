@@ -142,6 +142,7 @@ def prefers_channels_last(model: nn.Module) -> bool:
 
 
 POOLS = ("default", "token", "avg", "gem")
+TOKENS = ("cls", "mean", "cls+mean", "patch")  # --tokens: which final-norm tokens, by name (patch: embed only)
 
 
 @dataclass(frozen=True)
@@ -154,20 +155,30 @@ class FeatureRecipe:
     feature map for conv nets. ViTs only: ``n_last_blocks`` concatenates the
     (final-norm) CLS tokens of the last N blocks and ``avgpool_patchtokens`` adds the last block's average
     patch token, as DINO's eval_linear.py does.
+
+    ``tokens`` names the ViT tokens instead of ``pool``: ``cls``, the ``mean`` patch token (the
+    ``num_prefix_tokens`` CLS, registers and DINOv3 storage tokens left out), ``cls+mean`` concatenated CLS
+    first (DINOv2's linear evaluation; with ``n_last_blocks`` the CLS tokens of the last N blocks, then the
+    last block's mean), or every ``patch`` token as an h x w grid. It reads the same tokens as ``pool`` does
+    (``cls`` gives what ``pool="token"`` gives), so the two are never combined.
     """
 
     pool: str = "default"
     n_last_blocks: int = 1
     avgpool_patchtokens: bool = False
     gem_p: float = 4.0
+    tokens: str | None = None
 
     def check(self, backbone: nn.Module) -> None:
         if self.pool not in POOLS:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, not '{self.pool}'")
         if isinstance(backbone, Thumbnail):
-            if self.pool != "default" or not self.plain:
-                raise UsageError("pixels: thumbnails are their own features; they take no --pool or block options")
+            if self.pool != "default" or not self.plain or self.tokens:
+                raise UsageError("pixels: thumbnails are their own features; they take no --pool, --tokens or block "
+                                 "options")
             return
+        if self.tokens is not None:
+            self._check_tokens(backbone)
         if self.pool == "gem" and not (self.plain and self.gem_p > 0):
             raise UsageError("--pool gem takes a positive GeM power and no --n-last-blocks / --avgpool-patchtokens")
         if self.n_last_blocks < 1:
@@ -179,41 +190,79 @@ class FeatureRecipe:
             raise UsageError("--pool token, --n-last-blocks and --avgpool-patchtokens need a vision transformer; "
                              "conv nets give their average-pooled last feature map")
 
+    def _check_tokens(self, backbone: nn.Module) -> None:
+        """--tokens names the features by itself: --pool and --avgpool-patchtokens would name them twice."""
+        tokens = self.tokens
+        if tokens not in TOKENS:
+            raise UsageError(f"--tokens must be one of {', '.join(TOKENS)}, not '{tokens}'")
+        if self.pool != "default":
+            raise UsageError(f"--tokens {tokens} and --pool {self.pool} both choose the features; give one of them")
+        if self.avgpool_patchtokens:
+            raise UsageError(f"--tokens {tokens} and --avgpool-patchtokens both choose the features; give one of them "
+                             "(--tokens cls+mean concatenates CLS and mean patch token, DINOv2's way)")
+        if self.n_last_blocks > 1 and tokens in ("mean", "patch"):
+            raise UsageError(f"--tokens {tokens} takes the last block's patch tokens; --n-last-blocks counts CLS "
+                             "tokens (--tokens cls or cls+mean)")
+        if not (is_vit(backbone) and hasattr(backbone, "num_prefix_tokens")):
+            raise UsageError(f"--tokens {tokens} needs a vision transformer; conv nets give their average-pooled "
+                             "last feature map (--pool default)")
+        if "cls" in tokens and getattr(backbone, "cls_token", None) is None:
+            raise UsageError(f"--tokens {tokens}: the model has no CLS token; take --tokens mean")
+
     @property
     def plain(self) -> bool:
         return self.n_last_blocks == 1 and not self.avgpool_patchtokens
 
+    @property
+    def parts(self) -> tuple[bool, bool]:
+        """Whether the features hold the CLS token(s) and the mean patch token (ViTs, all but gem and patch)."""
+        if self.tokens:
+            return self.tokens != "mean", self.tokens != "cls"
+        if self.plain:
+            return self.pool != "avg", self.pool == "avg"
+        return True, self.avgpool_patchtokens  # the CLS tokens of the last blocks, whatever the pool
+
     def describe(self) -> str:
         if self.pool == "gem":
             return f"GeM (p={self.gem_p:g}) pool, after the CLS token for ViTs"
-        parts = [f"{self.pool} pool" if self.n_last_blocks == 1 else f"CLS of the last {self.n_last_blocks} blocks"]
+        if self.tokens == "patch":
+            return "patch tokens"
+        cls = "CLS token" if self.n_last_blocks == 1 else f"CLS of the last {self.n_last_blocks} blocks"
+        if self.tokens:
+            with_cls, with_mean = self.parts
+            return " + ".join([cls] * with_cls + ["mean patch token"] * with_mean)
+        parts = [f"{self.pool} pool" if self.n_last_blocks == 1 else cls]
         if self.avgpool_patchtokens:
             parts.append("average patch token")
         return " + ".join(parts)
 
 
 def recipe_features(backbone: nn.Module, x: torch.Tensor, recipe: FeatureRecipe) -> torch.Tensor:
-    """The features ``recipe`` names for the normalised image batch ``x``."""
+    """The features ``recipe`` names for the normalised image batch ``x``: N x D, or N x h x w x D for the
+    patch tokens."""
     if recipe.pool == "gem":
         features = backbone.forward_features(x)  # ViT: final-norm tokens, prefix first; conv net: N C H W
         if not is_vit(backbone):
             return gem(features, recipe.gem_p, dim=(2, 3))
         patches = gem(features[:, backbone.num_prefix_tokens:], recipe.gem_p, dim=1)
         return torch.cat([features[:, 0].float(), patches], dim=-1)
-    if not is_vit(backbone) or (recipe.plain and recipe.pool == "default"):
+    if not is_vit(backbone) or (recipe.plain and recipe.pool == "default" and not recipe.tokens):
         return backbone(x)
     if recipe.plain:
         tokens = backbone.forward_features(x)  # final-norm tokens, prefix first
-        return tokens[:, 0] if recipe.pool == "token" else tokens[:, backbone.num_prefix_tokens:].mean(dim=1)
-    blocks = backbone.forward_intermediates(x, indices=recipe.n_last_blocks, norm=True, output_fmt="NLC",
-                                           intermediates_only=True, return_prefix_tokens=True)
-    output = torch.cat([prefix[:, 0] for _, prefix in blocks], dim=-1)
-    if recipe.avgpool_patchtokens:
-        patches = blocks[-1][0].mean(dim=1)
-        if recipe.n_last_blocks == 1:  # DINO interleaves CLS and average (stack, flatten): kept so its heads fit
-            return torch.stack([output, patches], dim=-1).flatten(1)
-        output = torch.cat([output, patches], dim=-1)
-    return output
+        cls, patches = tokens[:, 0], tokens[:, backbone.num_prefix_tokens:]
+        if recipe.tokens == "patch":
+            side = patch_size(backbone)
+            return patches.unflatten(1, (x.shape[-2] // side, x.shape[-1] // side))
+    else:
+        blocks = backbone.forward_intermediates(x, indices=recipe.n_last_blocks, norm=True, output_fmt="NLC",
+                                               intermediates_only=True, return_prefix_tokens=True)
+        cls, patches = torch.cat([prefix[:, 0] for _, prefix in blocks], dim=-1), blocks[-1][0]
+    with_cls, with_mean = recipe.parts
+    if recipe.avgpool_patchtokens and recipe.n_last_blocks == 1:
+        # DINO interleaves CLS and average (stack, flatten): kept so its heads fit; DINOv2 concatenates
+        return torch.stack([cls, patches.mean(dim=1)], dim=-1).flatten(1)
+    return torch.cat([cls] * with_cls + [patches.mean(dim=1)] * with_mean, dim=-1)
 
 
 class FeatureExtractor(nn.Module):
