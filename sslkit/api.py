@@ -51,7 +51,8 @@ def probe_knn(model: str, train: str | Path, val: str | Path, **settings) -> dic
     """Weighted k-NN accuracy of ``model``'s frozen features: ``train`` is the labelled memory, ``val`` the test set.
 
     Returns ``{"top1": .., "top5": .., "k": {k: {"top1": .., "top5": ..}}, ...}`` (percent; the top level is
-    for the first k).
+    for the first k). ViT features: ``pool`` as the command line takes it, or ``tokens`` (``cls``, ``mean``
+    patch token, ``cls+mean``: DINOv2's concatenation).
     """
     options = KNNConfig(model=str(model), train=str(train), val=str(val), **_given(settings))
     return run_knn_probe(options)
@@ -67,7 +68,8 @@ def probe_linear(model: str, train: str | Path, val: str | Path, *, dry_run: boo
     ``top5`` (last epoch, on ``val``) of the chosen head, ``best_top1`` over all heads and epochs (chosen on
     ``val``: optimistic), and per head its accuracy per epoch. With ``out`` the probe is a run directory
     (checkpoints, metrics, curves). With ``dry_run`` no feature is computed: returns the plan (see
-    :func:`pretrain`).
+    :func:`pretrain`). ``tokens="cls+mean"`` with the ``dino`` recipe's 4 blocks is DINOv2's linear evaluation
+    (the CLS tokens of the last 4 blocks, then the mean patch token; ``n_last_blocks=1`` for its 1-block heads).
     """
     options = LinearConfig(model=str(model), train=str(train), val=str(val), **_given(settings))
     return run_linear_probe(options, batch_given=bool(settings.get("batch_size")), dry_run=dry_run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -63,20 +64,37 @@ def extract_features(
         own, own_labels = extract_features(backbone, Subset(dataset, distributed.shard_indices(total)), batch_size,
                                            workers, device, amp_dtype, label, recipe, show_progress, freeze)
         return distributed.gather_strided(own, total, device), distributed.gather_strided(own_labels, total, device)
+    features, labels, filled = None, torch.empty(len(dataset), dtype=torch.long), 0
+    for batch, targets in feature_batches(backbone, dataset, batch_size, workers, device, amp_dtype, label, recipe,
+                                          show_progress, freeze):
+        if features is None:
+            features = torch.empty(len(dataset), batch.shape[1])
+        features[filled : filled + len(batch)] = batch
+        labels[filled : filled + len(batch)] = targets
+        filled += len(batch)
+    return features, labels
+
+
+def feature_batches(backbone: nn.Module, dataset, batch_size: int, workers: int, device: torch.device,
+                    amp_dtype: torch.dtype | None, label: str, recipe: FeatureRecipe | None = None,
+                    show_progress: bool = True, freeze: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(features, labels)`` of one batch of ``dataset`` at a time, in order, the features fp32 on the CPU.
+
+    Nothing is kept from one batch to the next, so a consumer that writes each batch away (embed --tokens
+    patch) holds one batch at a time however large the data set. Autocast is entered per batch, never across
+    a ``yield``, where it would also hold for the consumer's code.
+    """
     extractor = FeatureExtractor(backbone, recipe, freeze).to(device)
     loader = make_loader(dataset, batch_size, workers, device, shuffle=False)
-    features, labels, filled = None, torch.empty(len(dataset), dtype=torch.long), 0
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    with _bar(label, len(dataset), show_progress) as (bar, task), autocast:
+
+    def features_of(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            return extractor(images.to(device, non_blocking=True)).cpu()
+
+    with _bar(label, len(dataset), show_progress) as (bar, task):
         for images, targets in loader:
-            batch = extractor(images.to(device, non_blocking=True)).cpu()
-            if features is None:
-                features = torch.empty(len(dataset), batch.shape[1])
-            features[filled : filled + len(batch)] = batch
-            labels[filled : filled + len(batch)] = targets
-            filled += len(batch)
-            bar.update(task, advance=len(batch))
-    return features, labels
+            yield features_of(images), targets  # not bound here: the consumer holds the only reference
+            bar.update(task, advance=len(targets))
 
 
 def cached_features(cache_dir: Path | None, model_id: str, recipe: FeatureRecipe, transform, dataset,
@@ -149,8 +167,8 @@ class FrozenFeatures:
         patch = patch_size(self.loaded.module)
         if patch and self.loaded.img_size % patch:
             raise UsageError(f"--img-size {self.loaded.img_size} is not a multiple of the model's patch size {patch}")
-        blocks = options.n_last_blocks or (default_blocks if is_vit(self.loaded.module) else 1)
-        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens, options.gem_p)
+        blocks = _blocks(options.n_last_blocks, default_blocks, options.tokens, self.loaded.module)
+        self.recipe = FeatureRecipe(options.pool, blocks, options.avgpool_patchtokens, options.gem_p, options.tokens)
         self.recipe.check(self.loaded.module)
         self.transform = transform(self.loaded.img_size)
         self.workers = default_workers() if options.workers is None else options.workers
@@ -174,6 +192,11 @@ class FrozenFeatures:
                                backbone=self.loaded.module, batch_size=self.options.batch_size, workers=self.workers,
                                device=self.device, amp_dtype=self.amp_dtype)
 
+    def batches(self, dataset: ImageFolder, label: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The features one batch at a time (``feature_batches``), never cached: embed --tokens patch."""
+        return feature_batches(self.loaded.module, dataset, self.options.batch_size, self.workers, self.device,
+                               self.amp_dtype, label, self.recipe)
+
     def summary(self, train_set: ImageFolder, val_set: ImageFolder) -> dict:
         return {
             "model": self.options.model,
@@ -185,6 +208,14 @@ class FrozenFeatures:
             "num_val": len(val_set),
             "num_classes": len(train_set.classes),
         }
+
+
+def _blocks(given: int | None, default: int, tokens: str | None, backbone: nn.Module) -> int:
+    """The blocks whose CLS tokens the features take: as given, else the evaluation's default for ViTs (DINO's
+    linear probe: 4). --tokens mean and patch take the last block's patch tokens alone."""
+    if given:
+        return given
+    return default if is_vit(backbone) and tokens not in ("mean", "patch") else 1
 
 
 def _stat(path: Path) -> tuple[int, int]:

@@ -37,6 +37,7 @@ class FeatureSettings(Settings):
                            "(default {default}).", check=seed_range)
     arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
     allow_partial: bool = allow_partial_setting()
+    tokens: str | None = setting(None)  # on the command line of the probes and embed, which name their choices
     pool: str = setting("default", "default (CLS token for ViTs, average pool for conv nets), token, avg (mean "
                                    "patch token) or gem (CLS + GeM p=4 of the patch tokens, copy detection's "
                                    "descriptor).", panel=FEATURES)
@@ -50,12 +51,19 @@ class FeatureSettings(Settings):
     cache: bool = setting(True, "Read and write cached features (default on).", panel=FEATURES)
 
 
+POOLED_TOKENS = ("cls", "mean", "cls+mean")  # --tokens of the probes; embed also writes every patch token
+EMBED_TOKENS = (*POOLED_TOKENS, "patch")
+TOKENS_HELP = ("ViTs, instead of --pool: cls (the CLS token), mean (the mean patch token, registers left out) or "
+               "cls+mean (the two concatenated, DINOv2's linear evaluation).")
+
+
 @dataclass(frozen=True)
 class FrozenConfig(FeatureSettings):
     """An evaluation of frozen features on labelled folders."""
 
     train: str = field(kw_only=True)
     val: str = field(kw_only=True)
+    tokens: str | None = setting(None, TOKENS_HELP, panel=FEATURES, check=one_of(*POOLED_TOKENS))
     fraction: float = setting(1.0, "Share of each class of --train to use, e.g. 0.01 or 0.1 (default 1): the same "
                                    "images finetune --fraction with the same --seed trains on.", check=share)
 
@@ -97,6 +105,8 @@ LINEAR_HELP = {
             "(default 0).",
     "n_last_blocks": "ViTs: concatenate the CLS tokens of the last N blocks (default 4 with --recipe dino, 1 with "
                      "mae).",
+    "tokens": "ViTs, instead of --pool: cls (the CLS tokens of the last --n-last-blocks), mean (the mean patch "
+              "token, registers left out) or cls+mean (the two concatenated: DINOv2's linear evaluation).",
 }
 
 
@@ -188,6 +198,10 @@ class EmbedConfig(FeatureSettings):
     out: str = field(kw_only=True)
     format: str | None = setting(None, "safetensors, npy or csv (default: from the extension of --out).",
                                  panel=OUTPUT, check=one_of(*EMBED_FORMATS))
+    tokens: str | None = setting(
+        None, "ViTs, instead of --pool: cls (the CLS token), mean (the mean patch token, registers left out), "
+              "cls+mean (the two concatenated, DINOv2's way) or patch (every patch token: N x h x w x D, written "
+              "as it is computed, never cached; .safetensors or .npy).", panel=FEATURES, check=one_of(*EMBED_TOKENS))
     labels: bool = setting(False, "DATA holds one sub-folder per class: write each image's class too (.npy: in "
                                   "<stem>.labels.txt).", panel=OUTPUT, flags=("--labels",))
     force: bool = setting(False, "Replace an earlier output of sslkit embed; any other file is never overwritten.",

@@ -8,6 +8,7 @@ from sslkit.data.folders import ImageFolder
 from sslkit.data.views import eval_transform
 from sslkit.errors import UsageError
 from sslkit.evaluate import features as feats
+from sslkit.evaluate.settings import KNNConfig, LinearConfig
 from sslkit.models.backbones import FeatureRecipe, recipe_features
 from tests.conftest import make_folder
 
@@ -98,3 +99,59 @@ def test_model_fingerprint_hashes_the_file_bytes(tmp_path):
     path.write_bytes(b"b" * 100)
     assert feats.model_fingerprint(str(path)) != first
     assert feats.model_fingerprint("timm:resnet18", "seed0") != feats.model_fingerprint("timm:resnet18", "seed1")
+
+
+# ---------------------------------------------------------------- --tokens of the probes
+
+TINY_VIT = dict(img_size=32, batch_size=4, workers=0, device="cpu", precision="fp32")
+
+
+def test_probe_tokens_are_the_pool_features_side_by_side_and_cached(tmp_path, monkeypatch):
+    import sslkit
+
+    folder = make_folder(tmp_path / "images", per_class=3)
+    cache = tmp_path / "cache"
+
+    def features(**recipe):
+        options = KNNConfig(model="timm:test_vit", train=str(folder), val=str(folder), cache_dir=str(cache),
+                            **recipe, **TINY_VIT)
+        frozen = feats.FrozenFeatures(options, default_blocks=1)
+        return frozen.features(ImageFolder(folder, frozen.transform, labelled=True), "t")[0]
+
+    cls_mean, token, avg = features(tokens="cls+mean"), features(pool="token"), features(pool="avg")
+    assert torch.equal(cls_mean, torch.cat([token, avg], dim=1))  # CLS first, then the mean patch token
+    assert torch.equal(features(tokens="cls"), token) and torch.equal(features(tokens="mean"), avg)
+    assert len(list(cache.glob("*.safetensors"))) == 5  # one entry per recipe
+    monkeypatch.setattr(feats, "extract_features", lambda *a, **k: pytest.fail("features were recomputed"))
+    assert torch.equal(features(tokens="cls+mean"), cls_mean)
+    result = sslkit.probe_knn("timm:test_vit", folder, folder, k=[1], tokens="cls+mean", cache_dir=str(cache),
+                              **TINY_VIT)  # its train and val features: the entry above
+    assert result["features"] == "CLS token + mean patch token" and result["top1"] == 100.0  # each image finds itself
+
+
+def test_the_linear_recipes_blocks_apply_to_the_cls_tokens_and_mean_takes_the_last_block(tmp_path):
+    def blocks(config, **given):
+        options = config(model="timm:test_vit", train=str(tmp_path), val=str(tmp_path), **given, **TINY_VIT)
+        return feats.FrozenFeatures(options, default_blocks=4 if config is LinearConfig else 1).recipe.n_last_blocks
+
+    assert blocks(LinearConfig, tokens="cls+mean") == 4  # DINOv2's linear4 input: CLS of 4 blocks, then mean
+    assert blocks(LinearConfig, tokens="cls+mean", n_last_blocks=1) == 1
+    assert blocks(LinearConfig, tokens="mean") == 1 and blocks(KNNConfig, tokens="cls+mean") == 1
+    with pytest.raises(UsageError, match="--tokens mean takes the last block's patch tokens"):
+        blocks(LinearConfig, tokens="mean", n_last_blocks=4)
+
+
+@pytest.mark.parametrize("given, phrase", [
+    (dict(tokens="patch"), "--tokens must be one of cls, mean, cls\\+mean, not 'patch'"),
+    (dict(tokens="mean", pool="gem"), "--tokens mean and --pool gem both choose the features"),
+    (dict(tokens="cls+mean", avgpool_patchtokens=True), "--tokens cls\\+mean and --avgpool-patchtokens both"),
+    (dict(tokens="cls", model="timm:test_resnet"), "--tokens cls needs a vision transformer"),
+])
+def test_the_probes_refuse_bad_tokens_in_one_line(tmp_path, given, phrase):
+    import sslkit
+
+    folder = make_folder(tmp_path / "images", per_class=1)
+    model = given.pop("model", "timm:test_vit")
+    with pytest.raises(UsageError, match=phrase) as refused:
+        sslkit.probe_knn(model, folder, folder, **given, **TINY_VIT)
+    assert "\n" not in str(refused.value)
