@@ -21,6 +21,9 @@ HELP = (
     "N x D; metadata files, the names relative to DATA, and the model), .npy (the array, with the file names one "
     "per line in <stem>.txt) or .csv (filename,0,1,...,D-1, one row per image). --labels reads DATA as one "
     "sub-folder per class and writes the labels too. Rows follow the file names in sorted order.\n\n"
+    "ViTs: --tokens cls, mean or cls+mean names the pooled tokens; --tokens patch writes every image's grid of "
+    "patch tokens (N x h x w x D, tensor patches in .safetensors, or .npy), streamed to the file as they are "
+    "computed, so memory stays bounded.\n\n"
     "Features are cached as the probes cache them: embed --labels of a folder a probe has read recomputes "
     "nothing, and neither does a second embed of the same folder (in another format, say)."
 )
@@ -28,6 +31,7 @@ EPILOG = examples(
     "sslkit embed runs/dino images/ --out embeddings.safetensors",
     "sslkit embed runs/byol data/train --out train.csv --labels --img-size 64",
     "sslkit embed timm:resnet18 images/ --out baseline.npy --img-size 64 --device cpu",
+    "sslkit embed runs/dinov2 images/ --out patches.safetensors --tokens patch",
 )
 
 
@@ -58,9 +62,12 @@ def _check_json_apart(json_path: Path | None, targets: list[Path]) -> None:
 
 
 def _show(result: dict) -> None:
-    """``wrote N embeddings of dimension D to FILE in S.S s``, naming the lists beside a .npy file."""
-    line = (f"wrote {result['num_images']} embeddings of dimension {result['dim']} to {result['out']} "
-            f"in {result['seconds']:.1f} s")
+    """``wrote N embeddings of dimension D to FILE in S.S s`` (``wrote N x h x w patch tokens ...`` with --tokens
+    patch), naming the lists beside a .npy file."""
+    grid = result.get("grid")
+    what = f"{result['num_images']} x {grid[0]} x {grid[1]} patch tokens" if grid else \
+        f"{result['num_images']} embeddings"
+    line = f"wrote {what} of dimension {result['dim']} to {result['out']} in {result['seconds']:.1f} s"
     beside = result["files"][1:]
     if beside:
         line += f" (file names in {beside[0]}" + (f", labels in {beside[1]})" if len(beside) > 1 else ")")

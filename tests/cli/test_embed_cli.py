@@ -55,10 +55,21 @@ def test_an_existing_out_is_refused_without_force_and_replaced_with_it(sslkit_cl
     assert mine.read_text() == "not an embedding\n"
 
 
+def test_tokens_patch_writes_the_grid_and_says_so_in_one_line(sslkit_cli, data, tmp_path):
+    out = tmp_path / "p.safetensors"
+    result = sslkit_cli.run("embed", "timm:test_vit", data, "--out", out, "--tokens", "patch", *TINY)
+    assert result.code == 0, result.stderr
+    assert re.fullmatch(rf"wrote 6 x 2 x 2 patch tokens of dimension 64 to {re.escape(str(out))} in \d+\.\d s",
+                        result.lines[-1]), result.stderr
+
+
 @pytest.mark.parametrize("options, phrase", [
     (("--format", "parquet"), "--format must be one of safetensors, npy, csv"),
     (("--format", "npy"), "names a .csv file but --format is npy"),
     (("--pool", "token"), "need a vision transformer"),
+    (("--tokens", "mean"), "--tokens mean needs a vision transformer"),
+    (("--tokens", "patch"), "--tokens patch writes an N x h x w x D array, which a CSV cannot hold"),
+    (("--tokens", "all"), "--tokens must be one of cls, mean, cls+mean, patch, not 'all'"),
 ])
 def test_bad_options_are_one_line(sslkit_cli, data, tmp_path, options, phrase):
     assert_usage_error(sslkit_cli.run("embed", "timm:test_resnet", data, "--out", tmp_path / "x.csv", *options, *TINY),

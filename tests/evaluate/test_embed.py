@@ -3,6 +3,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import weakref
+from operator import itemgetter
 
 import numpy as np
 import pytest
@@ -169,3 +171,118 @@ def test_settings_are_checked_like_the_probes(labelled, tmp_path):
         with pytest.raises(UsageError, match=phrase):
             sslkit.embed("timm:test_resnet", labelled, tmp_path / "e.csv", **{**TINY, **settings})
     assert not (tmp_path / "e.csv").exists()
+
+
+# ---------------------------------------------------------------- --tokens patch: streamed
+
+PATCH = dict(img_size=48, batch_size=3, workers=0, device="cpu", precision="fp32")  # a 3 x 3 grid, 3 batches
+
+
+def direct_patches(model: str, data, out) -> tuple[torch.Tensor, ImageFolder]:
+    """Every image's forward_features without the prefix tokens, in one batch, in sorted file order."""
+    from sslkit.evaluate.features import FrozenFeatures
+    from sslkit.models.backbones import Normalize
+
+    options = embedding.EmbedConfig(model=model, data=str(data), out=str(out), tokens="patch", **PATCH)
+    frozen = FrozenFeatures(options, default_blocks=1)  # the same seeded random init
+    vit, dataset = frozen.loaded.module, ImageFolder(data, frozen.transform, labelled=True)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        tokens = vit.forward_features(Normalize.of(vit)(images))
+    return tokens[:, vit.num_prefix_tokens:].reshape(len(dataset), 3, 3, vit.num_features), dataset
+
+
+@pytest.fixture(scope="module")
+def eight(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("patches") / "data", classes=2, per_class=4)
+
+
+@pytest.fixture(scope="module")
+def patch_file(eight):
+    """The patch tokens of a ViT with a register and no CLS token, with labels, and embed's summary."""
+    out = eight.parent / "p.safetensors"
+    return out, sslkit.embed("timm:test_vit2", eight, out, tokens="patch", labels=True, **PATCH)
+
+
+def test_patch_tokens_are_streamed_to_safetensors_in_file_order_with_the_embeddings_metadata(eight, patch_file):
+    out, result = patch_file
+    expected, dataset = direct_patches("timm:test_vit2", eight, out)
+    written = load_file(out)
+    torch.testing.assert_close(written["patches"], expected, atol=1e-5, rtol=1e-5)
+    assert written["labels"].tolist() == dataset.labels and written["patches"].dtype == torch.float32
+    with safe_open(str(out), "pt") as handle:
+        meta = handle.metadata()
+    assert meta["format"] == "sslkit-embeddings/1" and json.loads(meta["grid"]) == [3, 3]
+    assert json.loads(meta["files"]) == relative_files(eight) and json.loads(meta["classes"]) == ["class0", "class1"]
+    assert json.loads(meta["recipe"])["tokens"] == "patch" and meta["features"] == "patch tokens"
+    raw = out.read_bytes()  # the header written before the first batch: offsets in order, nothing after them
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    size = 8 * 9 * 64 * 4
+    assert header["patches"] == {"dtype": "F32", "shape": [8, 3, 3, 64], "data_offsets": [0, size]}
+    assert header["labels"] == {"dtype": "I64", "shape": [8], "data_offsets": [size, size + 8 * 8]}
+    assert len(raw) == 8 + length + size + 64 and length % 8 == 0
+    assert result["grid"] == [3, 3] and result["dim"] == 64 and result["num_images"] == 8
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_patch_tokens_are_streamed_to_npy_with_the_lists_beside_and_force_replaces_them(eight, patch_file,
+                                                                                          tmp_path):
+    out = tmp_path / "p.npy"
+    sslkit.embed("timm:test_vit", eight, out, tokens="patch", **PATCH)
+    expected, _ = direct_patches("timm:test_vit", eight, out)
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), expected, atol=1e-5, rtol=1e-5)
+    assert out.with_suffix(".txt").read_text(encoding="utf-8").splitlines() == relative_files(eight)
+    sslkit.embed("timm:test_vit", eight, out, tokens="cls", labels=True, force=True, **PATCH)  # ours: replaced
+    assert np.load(out).shape == (8, 64) and len(out.with_suffix(".labels.txt").read_text().splitlines()) == 8
+    earlier = shutil.copy(patch_file[0], tmp_path / "p.safetensors")
+    sslkit.embed("timm:test_vit", eight, earlier, tokens="cls", force=True, **PATCH)
+    assert load_file(earlier)["embeddings"].shape == (8, 64)
+
+
+def fake_batches(rows: int, batch: int, alive: list, short: int = 0):
+    """Batches of a (rows, 2, 3, 4) array, row r filled with r, as pairs (features, labels) like FrozenFeatures'
+    batches; each checks, before it is made, that the writer let go of every earlier one."""
+    def made(start: int) -> torch.Tensor:
+        values = torch.arange(start, min(start + batch, rows), dtype=torch.float32)
+        tensor = values[:, None, None, None].expand(-1, 2, 3, 4).contiguous()
+        alive.append(weakref.ref(tensor))
+        return tensor
+
+    for start in range(0, rows - short, batch):
+        assert all(ref() is None for ref in alive), "the writer still holds an earlier batch"
+        yield made(start), torch.zeros(0)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npy"])
+def test_the_patch_writer_holds_one_batch_at_a_time_and_writes_every_row_in_order(tmp_path, fmt):
+    out, alive, shape = tmp_path / f"p.{fmt}", [], (10, 2, 3, 4)
+    targets = embedding.output_paths(out, fmt, labels=False)
+    batches = map(itemgetter(0), fake_batches(10, 3, alive))  # as embed hands them on
+    embedding.PATCH_WRITERS[fmt](targets, shape, batches, None, [f"{i}.png" for i in range(10)], [], {"k": "v"})
+    assert len(alive) == 4
+    written = load_file(out)["patches"] if fmt == "safetensors" else torch.from_numpy(np.load(out))
+    assert torch.equal(written, torch.arange(10.0)[:, None, None, None].expand(shape))
+
+
+def test_a_patch_stream_that_comes_short_or_does_not_fit_leaves_no_file(tmp_path):
+    out = tmp_path / "p.safetensors"
+    with pytest.raises(RuntimeError, match="9 of the 10 rows"):
+        embedding.stream_safetensors([out], (10, 2, 3, 4), map(itemgetter(0), fake_batches(10, 3, [], short=3)),
+                                     None, [], [], {})
+    with pytest.raises(RuntimeError, match="does not fit"):
+        embedding.stream_safetensors([out], (10, 2, 2, 4), map(itemgetter(0), fake_batches(10, 3, [])), None, [],
+                                     [], {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model, out, given, phrase", [
+    ("timm:test_vit", "p.csv", {}, "--tokens patch writes an N x h x w x D array, which a CSV cannot hold"),
+    ("timm:test_resnet", "p.npy", {}, "--tokens patch needs a vision transformer"),
+    ("timm:test_vit", "p.npy", {"n_last_blocks": 2}, "--tokens patch takes the last block's patch tokens"),
+])
+def test_bad_patch_requests_are_refused_in_one_line_before_anything_is_written(eight, tmp_path, model, out, given,
+                                                                               phrase):
+    with pytest.raises(UsageError, match=phrase) as refused:
+        sslkit.embed(model, eight, tmp_path / out, tokens="patch", **given, **PATCH)
+    assert "\n" not in str(refused.value) and list(tmp_path.iterdir()) == []

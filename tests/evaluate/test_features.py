@@ -155,3 +155,24 @@ def test_the_probes_refuse_bad_tokens_in_one_line(tmp_path, given, phrase):
     with pytest.raises(UsageError, match=phrase) as refused:
         sslkit.probe_knn(model, folder, folder, **given, **TINY_VIT)
     assert "\n" not in str(refused.value)
+
+
+def test_feature_batches_come_in_order_and_keep_none_between_yields(tmp_path):
+    import weakref
+
+    folder = make_folder(tmp_path / "images", per_class=4)
+    dataset = ImageFolder(folder, eval_transform(32), labelled=True)
+    backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    batches = feats.feature_batches(backbone, dataset, 3, 0, torch.device("cpu"), None, "t", show_progress=False)
+    seen, labels = [], []
+    for _ in range(3):
+        features, targets = next(batches)
+        seen.append(features.clone())
+        labels += targets.tolist()
+        alive = weakref.ref(features)
+        del features
+        assert alive() is None  # the generator, suspended, holds no reference to what it handed out
+    expected, expected_labels = feats.extract_features(backbone, dataset, 8, 0, torch.device("cpu"), None, "t")
+    torch.testing.assert_close(torch.cat(seen), expected, atol=1e-5, rtol=1e-5)
+    assert labels == expected_labels.tolist() == [0] * 4 + [1] * 4
+    assert next(batches, None) is None
