@@ -31,7 +31,7 @@ EPILOG = examples(
     "sslkit embed runs/dino images/ --out embeddings.safetensors",
     "sslkit embed runs/byol data/train --out train.csv --labels --img-size 64",
     "sslkit embed timm:resnet18 images/ --out baseline.npy --img-size 64 --device cpu",
-    "sslkit embed runs/dinov2 images/ --out patches.safetensors --tokens patch",
+    "sslkit embed runs/dino-vit images/ --out patches.safetensors --tokens patch",
 )
 
 

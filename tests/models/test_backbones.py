@@ -86,6 +86,7 @@ def test_cls_mean_of_several_blocks_is_dinov2s_linear_input_and_dinos_avgpool_in
     torch.testing.assert_close(one, torch.cat([tokens[:, 0], mean], dim=1))
     torch.testing.assert_close(dino, torch.stack([tokens[:, 0], mean], dim=-1).flatten(1), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(one, dino)  # concatenated, not interleaved
+    assert torch.equal(two, recipe_features(vit, x, FeatureRecipe(n_last_blocks=2, avgpool_patchtokens=True)))
     assert FeatureRecipe(tokens="cls+mean", n_last_blocks=2).describe() == "CLS of the last 2 blocks + mean patch token"
 
 
