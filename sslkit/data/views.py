@@ -115,9 +115,10 @@ def byol_views(img_size: int, on_device: bool = False) -> ViewSet:
     return ViewSet(byol_plan(img_size), on_device)
 
 
-def local_crop_size(img_size: int) -> int:
-    """DINO's 96 px local crops at 224 px, scaled with the global size to a multiple of 16 (patch-friendly)."""
-    return max(16, 16 * round(img_size * 96 / 224 / 16))
+def local_crop_size(img_size: int, patch: int = 16) -> int:
+    """DINO's 96 px local crops at 224 px, scaled with the global size to a multiple of the patch size (16 for
+    conv nets): 98 px for a ViT with 14-pixel patches, DINOv2's own local crops."""
+    return max(patch, patch * round(img_size * 96 / 224 / patch))
 
 
 def dino_plan(img_size: int, global_scale: tuple[float, float], local_number: int,

@@ -77,7 +77,8 @@ class DINOConfig(Settings):
     local_crops_scale: tuple[float, float] = setting((0.05, 0.4), "Area range of the local crops (0.05 0.4).",
                                                      panel=CROPS, check=scale_range)
     local_crop_size: int | None = setting(
-        None, "Side of the local crops (default: --img-size x 96/224 rounded to 16; 32 at 64 px).", panel=CROPS,
+        None, "Side of the local crops (default: --img-size x 96/224 rounded to a multiple of the patch size, 16 "
+              "for conv nets; 32 at 64 px, 98 at 224 px with 14-pixel patches).", panel=CROPS,
         check=pixels)
     augment_on: str = augment_on_setting()
 
@@ -224,7 +225,7 @@ class DINO(nn.Module):
         self.register_buffer("teacher_temp", torch.tensor(options.warmup_teacher_temp), persistent=False)
         self.normalize = Normalize()
         self.channels_last = prefers_channels_last(self.backbone)
-        self.local_size = options.local_crop_size or local_crop_size(options.img_size)
+        self.local_size = options.local_crop_size or local_crop_size(options.img_size, patch_size(self.backbone) or 16)
         self._check_crop_sizes()
         o = options
         console.info(
