@@ -14,8 +14,9 @@ from sslkit.cli.common import JSON_OPTION, MODEL_HELP, QUIET_OPTION, examples, h
 from sslkit.cli.generate import argument, command, given_settings, option, settings_options
 from sslkit.engine.settings import InfoConfig
 
-SHOWN = ("file", "kind", "method", "arch", "img_size", "patch_size", "parameters", "backbones", "backbone", "step",
-         "epoch", "precision", "licence", "tensors", "bytes", "arch_error")
+SHOWN = ("file", "kind", "release", "method", "arch", "img_size", "patch_size", "tokens", "positions", "mean", "std",
+         "parameters", "backbones", "backbone", "step", "epoch", "precision", "licence", "tensors", "bytes",
+         "arch_error")
 
 
 def _info(model: str, config: bool, json_path: Optional[Path], quiet: bool, **values):
@@ -33,7 +34,7 @@ def _show(result: dict, with_settings: bool) -> None:
         if result.get(name) is not None:
             value = result[name]
             shown = f"{value:,}" if isinstance(value, int) and name in ("parameters", "bytes") else value
-            table.add_row(name, ", ".join(value) if isinstance(value, list) else str(shown))
+            table.add_row(name, ", ".join(map(str, value)) if isinstance(value, list) else str(shown))
     console.stdout.print(table)
     keys = result.get("keys")
     if keys:
@@ -59,13 +60,15 @@ info = command([argument("model", str, MODEL_HELP), *settings_options(InfoConfig
 
 HELP = (
     "Describe a model file without using it: its kind (sslkit run or checkpoint, sslkit export, DINO / MAE "
-    ".pth, Lightning .ckpt, state dict), method, architecture (inferred for ViTs and ResNets), image and patch "
-    "size, parameters, training step and epoch, the licence of official weights, and whether its backbone "
+    ".pth, a DINOv2 / DINOv3 release, Lightning .ckpt, state dict), method, architecture (inferred for ViTs and "
+    "ResNets), native image and patch size, tokens (CLS, registers, patch grid) and position encoding, input "
+    "mean / std, parameters, training step and epoch, the licence of official weights, and whether its backbone "
     "tensors fit the architecture (missing, unexpected and wrongly shaped keys are listed, not refused). --json "
     "writes everything, including the resolved settings."
 )
 EPILOG = examples(
     "sslkit info runs/dino",
     "sslkit info dino_deitsmall16_pretrain.pth --json info.json",
+    "sslkit info dinov2_vits14_reg4_pretrain.pth",
     "sslkit info runs/byol --config",
 )

@@ -18,10 +18,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sslkit import __version__, console
-from sslkit.engine import foreign
+from sslkit.engine import foreign, timmdir
+from sslkit.engine.progress import read_records
+from sslkit.engine.releases import Release
 from sslkit.errors import UsageError
-from sslkit.files import write_atomic
-from sslkit.models.backbones import create_backbone, create_thumbnail, has_weights, is_vit, normalization, patch_size
+from sslkit.files import OutputFolder, write_atomic
+from sslkit.models.backbones import (create_backbone, create_thumbnail, has_weights, is_vit, normalization, patch_size,
+                                     set_normalization)
+from sslkit.models.posembed import RESAMPLINGS, set_img_size
 
 FORMAT = "sslkit/1"
 
@@ -34,13 +38,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
 def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                      tmp_suffix: str = ".tmp") -> None:
     """Any safetensors file, written atomically (temporary file, fsync, rename)."""
-    def write(tmp: Path) -> None:
-        try:
-            save_file(_storable(tensors), str(tmp), metadata=metadata)
-        except SafetensorError as error:  # the Rust writer's I/O errors
-            raise OSError(str(error)) from None
-
-    write_atomic(path, write, tmp_suffix)
+    write_atomic(path, lambda tmp: _save_file(tensors, tmp, metadata), tmp_suffix)
 
 
 def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,6 +130,8 @@ class LoadedBackbone:
     method: str = ""  # the sslkit method that trained it ("" for foreign files and random inits)
     step: str = ""
     licence: str | None = None  # of imported weights, when known
+    release: str = ""  # the DINOv2 / DINOv3 release the weights are, e.g. "DINOv2 ViT-S/14 with 4 registers"
+    pos_resample: str = "timm"  # how its position embedding meets other patch grids: as the weights were trained
 
 
 def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | None = None, *,
@@ -158,17 +158,20 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
         arch = spec[len("timm:"):]
         size = img_size or 224
         return LoadedBackbone(create_backbone(arch, size, **vit_options), arch, size, f"{arch}, random init", spec)
+    folder = timmdir.folder_of(spec)
+    if folder is not None:
+        return _load_timm_folder(folder, img_size, arch, vit_options, allow_partial)
     path = model_path(spec)
     if path.suffix in foreign.SUFFIXES:
         data = foreign.read_torch_file(path)
-        state = foreign.backbone_state(data, checkpoint_key, path)
-        return _load_foreign(state, path, img_size, arch, vit_options, allow_partial, foreign.licence(data))
+        found = foreign.backbone(data, checkpoint_key, path)
+        return _load_foreign(found, path, img_size, arch, vit_options, allow_partial, foreign.licence(data), {})
     metadata = raw_metadata(path)
     if metadata.get("format") != FORMAT:  # a plain state dict in timm names (`sslkit export`, timm's own files)
-        state = foreign.backbone_state(read_tensors(path), checkpoint_key, path)
+        found = foreign.backbone(read_tensors(path), checkpoint_key, path)
         exported_size = foreign.plausible_img_size(metadata["img_size"], path) if "img_size" in metadata else None
-        return _load_foreign(state, path, img_size or exported_size, arch or metadata.get("arch"), vit_options,
-                             allow_partial, metadata.get("licence"))
+        return _load_foreign(found, path, img_size or exported_size, arch or metadata.get("arch"), vit_options,
+                             allow_partial, metadata.get("licence"), metadata)
     missing = [key for key in ("arch", "img_size", "method") if key not in metadata]
     if missing:
         raise UsageError(f"{path} is an sslkit checkpoint without its {', '.join(missing)} metadata")
@@ -179,12 +182,15 @@ def load_backbone(spec: str, checkpoint_key: str = "teacher", img_size: int | No
     checkpoint_key, state = sslkit_backbone(path, metadata, checkpoint_key)
     module = create_backbone(arch, trained_size, **vit_options)
     load_weights(module, state, path, allow_partial)
+    imported = metadata["method"] == "none"  # an export of imported weights: they keep their own ways
+    how = pos_resample(None, metadata.get("licence") if imported else None, path, metadata)
     if img_size and img_size != trained_size and is_vit(module) and not dynamic:
-        module.set_input_size(img_size=img_size)  # resamples the position embedding
+        set_img_size(module, img_size, how)
+    set_exported_normalization(module, metadata, path)
     step = metadata.get("step", "?")
     description = f"{metadata['method']} {arch} ({checkpoint_key}), step {step}"
     return LoadedBackbone(module, arch, img_size or trained_size, description, str(path), metadata["method"], step,
-                          metadata.get("licence"))
+                          metadata.get("licence"), metadata.get("release", ""), how)
 
 
 def sslkit_backbone(path: Path, metadata: dict[str, str], checkpoint_key: str) -> tuple[str, dict[str, torch.Tensor]]:
@@ -234,16 +240,81 @@ def model_path(spec: str) -> Path:
     return path
 
 
-def _load_foreign(state: dict[str, torch.Tensor], path: Path, img_size: int | None, arch: str | None,
-                  vit_options: dict, allow_partial: bool, licence: str | None) -> LoadedBackbone:
-    """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a timm file's or an export's."""
-    arch = arch or foreign.infer_arch(state, path)
-    native = foreign.native_img_size(state, path)
+def _load_foreign(found: foreign.Backbone, path: Path, img_size: int | None, arch: str | None, vit_options: dict,
+                  allow_partial: bool, licence: str | None, metadata: dict[str, str]) -> LoadedBackbone:
+    """A backbone state dict in timm names: an official DINO / MAE checkpoint's, a released DINOv2 / DINOv3
+    file's (converted by timm's filter), a timm file's or an export's."""
+    state, release = found.state, found.release
+    arch = arch or (release.arch if release else foreign.infer_arch(state, path))
+    native = foreign.native_img_size(state, path, arch)
     module = create_backbone(arch, native, **foreign.vit_options(state), **vit_options)
-    load_weights(module, state, path, allow_partial)
+    load_weights(module, state, path, allow_partial, f"{path} ({release.name})" if release else None)
+    licence = release.licence if release else licence
+    how = pos_resample(release, licence, path, metadata)
     if img_size and img_size != native and is_vit(module) and "dynamic_img_size" not in vit_options:
-        module.set_input_size(img_size=img_size)
-    return LoadedBackbone(module, arch, img_size or native, f"{path.name} ({arch})", str(path), licence=licence)
+        set_img_size(module, img_size, how)
+    if release:
+        set_normalization(module, release.cfg["mean"], release.cfg["std"])
+    set_exported_normalization(module, metadata, path)
+    name = release.name if release else metadata.get("release", "")
+    description = f"{path.name} ({name + ', ' if name else ''}{arch})"
+    return LoadedBackbone(module, arch, img_size or native, description, str(path), licence=licence, release=name,
+                          pos_resample=how)
+
+
+def read_timm_folder(folder: Path) -> tuple[timmdir.TimmFolder, foreign.Backbone]:
+    """A timm model folder's checked config and its backbone (classifier dropped)."""
+    described = timmdir.read_folder(folder)
+    weights = described.weights
+    data = read_tensors(weights) if weights.suffix == ".safetensors" else foreign.read_torch_file(weights)
+    return described, foreign.backbone(data, "teacher", weights)
+
+
+def timm_folder_metadata(described: timmdir.TimmFolder) -> dict[str, str]:
+    """A folder's config in the terms of an export's metadata: its size, mean / std and sslkit's provenance."""
+    return {**described.provenance, "mean": json.dumps(described.mean), "std": json.dumps(described.std),
+            **({"img_size": str(described.img_size)} if described.img_size else {})}
+
+
+def _load_timm_folder(folder: Path, img_size: int | None, arch: str | None, vit_options: dict,
+                      allow_partial: bool) -> LoadedBackbone:
+    """A Hugging Face / timm model folder (``sslkit export --format timm-dir``, ``timm``'s ``save_for_hf``)."""
+    described, found = read_timm_folder(folder)
+    if arch and arch != described.arch:
+        raise UsageError(f"--arch {arch} does not match {folder}, whose config.json names {described.arch}; drop "
+                         "--arch")
+    metadata = timm_folder_metadata(described)
+    loaded = _load_foreign(found, described.weights, img_size or described.img_size, described.arch,
+                           {**described.model_args, **vit_options}, allow_partial, metadata.get("licence"), metadata)
+    method = metadata.get("method", "")
+    loaded.method, loaded.step = ("" if method == "none" else method), metadata.get("step", "")
+    loaded.description = f"{folder.name}/ ({loaded.release + ', ' if loaded.release else ''}{described.arch})"
+    return loaded
+
+
+def pos_resample(release: Release | None, licence: str | None, path: Path, metadata: dict[str, str]) -> str:
+    """How imported weights' position embedding is resampled to other patch grids: as they were trained.
+
+    An export records it (``pos_resample``); DINOv2's releases resample as DINOv2 does (posembed.py); official
+    DINO weights (a training checkpoint, an export of one, which keeps its licence, or a backbone-only file under
+    its release name ``dino_*.pth``) as DINO does; everything else, sslkit runs included, as timm does."""
+    if metadata.get("pos_resample") in RESAMPLINGS:
+        return metadata["pos_resample"]
+    if release is not None:
+        return release.pos_resample or "timm"
+    official_dino = path.suffix in foreign.SUFFIXES and path.name.lower().startswith("dino_")
+    return "dino" if licence == foreign.DINO_LICENCE or official_dino else "timm"
+
+
+def set_exported_normalization(module: nn.Module, metadata: dict[str, str], path: Path) -> None:
+    """The mean and std an export records (``sslkit export`` writes them), checked: three positive stds."""
+    if "mean" not in metadata and "std" not in metadata:
+        return
+    values = [metadata_json(metadata, key, path) for key in ("mean", "std")]
+    if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in values) \
+            or not all(x > 0 for x in values[1]):
+        raise UsageError(f"{path}: metadata mean and std are not three numbers each (and positive stds)")
+    set_normalization(module, *values)
 
 
 def key_report(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
@@ -256,19 +327,22 @@ def key_report(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, l
     }
 
 
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, allow_partial: bool = False) -> None:
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, allow_partial: bool = False,
+                 label: str | None = None) -> None:
     """Load ``state`` into ``module``: every tensor must fit, unless ``allow_partial``, which loads those that
-    fit (at least one), leaves the rest as built and says so."""
+    fit (at least one), leaves the rest as built and says so. ``label`` names the file in messages (default
+    its path)."""
     report = key_report(module, state)
     if not any(report.values()):
         module.load_state_dict(state, strict=True)
         return
     summary = "; ".join(f"{name}: {_few(keys)}" for name, keys in report.items() if keys)
+    label = label or str(path)
     if not allow_partial:
-        raise UsageError(f"{path} does not fit the backbone ({summary}); --allow-partial loads what fits")
+        raise UsageError(f"{label} does not fit the backbone ({summary}); --allow-partial loads what fits")
     fitting = {k: v for k, v in state.items() if k not in report["unexpected"] and k not in report["wrong shape"]}
     if not fitting:
-        raise UsageError(f"no tensor of {path} fits the backbone ({summary})")
+        raise UsageError(f"no tensor of {label} fits the backbone ({summary})")
     console.warn(f"--allow-partial: {len(fitting)} of {len(module.state_dict())} backbone tensors loaded from "
                  f"{path.name}, the rest left as initialised ({summary})")
     module.load_state_dict(fitting, strict=False)
@@ -279,38 +353,99 @@ def _few(keys: list[str], shown: int = 3) -> str:
     return ", ".join(keys[:shown]) + more
 
 
-EXPORT_FORMATS = ("timm", "sslkit")
+EXPORT_FORMATS = ("timm", "sslkit", "timm-dir")
 
 
-def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm", licence: str | None = None) -> dict[str, str]:
+def export_backbone(loaded: LoadedBackbone, out: Path, fmt: str = "timm", licence: str | None = None,
+                    force: bool = False) -> dict[str, str]:
     """Write ``loaded``'s backbone to ``out``, atomically; returns the metadata written with it.
 
     ``timm``: a plain state dict in timm names, which ``timm.create_model(arch, pretrained=True,
     pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads (and every sslkit command takes as MODEL);
-    ``sslkit``: an sslkit checkpoint holding the backbone alone. ``licence`` states the weights' licence; by
-    default that of the imported weights when known, "unknown" for other imported files, none for weights
-    sslkit trained from scratch.
+    ``sslkit``: an sslkit checkpoint holding the backbone alone; ``timm-dir``: the Hugging Face / timm folder
+    ``out`` (config.json, model.safetensors, README.md: sslkit.engine.timmdir), which
+    ``timm.create_model("local-dir:OUT", pretrained=True)`` loads; ``force`` writes beside files sslkit did not
+    write there (never over them). ``licence`` states the weights' licence; by default that of the imported
+    weights when known, "unknown" for other imported files, none for weights sslkit trained from scratch.
     """
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not '{fmt}'")
     if not has_weights(loaded.module):
         raise UsageError(f"{loaded.source} has no weights to export")
+    metadata = export_metadata(loaded, licence)
+    state = loaded.module.state_dict()
+    if fmt == "timm":
+        save_safetensors(out, state, {"format": "pt", **metadata})  # "pt": the Hugging Face convention
+    elif fmt == "sslkit":
+        save_checkpoint(out, {f"model.backbone.{k}": v for k, v in state.items()},
+                        {**metadata, "backbones": json.dumps({"backbone": "backbone"})})
+    else:
+        _write_timm_folder(loaded, Path(out), state, metadata, force)
+    return metadata
+
+
+def timm_call(loaded: LoadedBackbone, out: Path, fmt: str) -> str | None:
+    """The Python line that builds an export in timm (none for the sslkit format). A ViT's size and pooling are
+    spelled out: timm's defaults for the architecture may be others (DINOv3's Eva average-pools)."""
+    if fmt == "timm-dir":
+        return f'timm.create_model("local-dir:{out}", pretrained=True)'
+    if fmt != "timm":
+        return None
+    module, options = loaded.module, ""
+    if is_vit(module):
+        options = f'img_size={loaded.img_size}, global_pool="{getattr(module, "global_pool", "token")}", '
+    return (f'timm.create_model("{loaded.arch}", pretrained=True, num_classes=0, {options}'
+            f'pretrained_cfg_overlay=dict(file="{out}"))')
+
+
+def export_metadata(loaded: LoadedBackbone, licence: str | None = None) -> dict[str, str]:
+    """What an export records of the backbone and where it came from, as safetensors metadata strings."""
     module = loaded.module
     imported = not loaded.method and not loaded.source.startswith("timm:")
     licence = licence or loaded.licence or ("unknown: check the terms of the weights' source" if imported else None)
     mean, std = normalization(module)
-    metadata = {
+    return {
         "arch": loaded.arch, "img_size": str(loaded.img_size), "patch_size": str(patch_size(module) or ""),
         "mean": json.dumps(mean), "std": json.dumps(std),
         "pooling": str(getattr(module, "global_pool", "token")) if is_vit(module) else "avg",
         "method": loaded.method or "none",
         "step": loaded.step, "source": loaded.source, "sslkit_version": __version__,
+        "pos_resample": loaded.pos_resample, **({"release": loaded.release} if loaded.release else {}),
         **({"licence": licence} if licence else {}),
     }
-    state = module.state_dict()
-    if fmt == "timm":
-        save_safetensors(out, state, {"format": "pt", **metadata})  # "pt": the Hugging Face convention
-    else:
-        save_checkpoint(out, {f"model.backbone.{k}": v for k, v in state.items()},
-                        {**metadata, "backbones": json.dumps({"backbone": "backbone"})})
-    return metadata
+
+
+def _write_timm_folder(loaded: LoadedBackbone, out: Path, state: dict[str, torch.Tensor], metadata: dict[str, str],
+                       force: bool) -> None:
+    """config.json (timm's), model.safetensors (with the export's metadata, so the file alone is a MODEL too)
+    and README.md, the model card; weights first, so that a folder with a config always has its weights."""
+    provenance = {k: metadata[k] for k in ("method", "step", "source", "licence", "release", "pos_resample")
+                  if metadata.get(k)}
+    config = timmdir.timm_config(loaded.module, loaded.img_size, *normalization(loaded.module),
+                                 metadata.get("licence"), provenance)
+    card = timmdir.model_card(config, _run_summary(loaded.source))
+    folder = OutputFolder(out, "export", force)
+    folder.claim([timmdir.WEIGHTS, timmdir.CONFIG, timmdir.CARD], [Path(loaded.source)])
+    folder.write(timmdir.WEIGHTS, lambda tmp: _save_file(state, tmp, {"format": "pt", **metadata}))
+    folder.write_json(timmdir.CONFIG, config)
+    folder.write(timmdir.CARD, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    try:
+        save_file(_storable(tensors), str(path), metadata=metadata)
+    except SafetensorError as error:  # the Rust writer's I/O errors
+        raise OSError(str(error)) from None
+
+
+def _run_summary(source: str) -> dict:
+    """The run an sslkit checkpoint belongs to, for the model card: its config (the checkpoint's own) and the
+    metrics.jsonl beside its checkpoints folder; {} for every other file."""
+    path = Path(source)
+    if path.suffix != ".safetensors" or not path.is_file() or raw_metadata(path).get("format") != FORMAT:
+        return {}
+    metadata = raw_metadata(path)
+    config = metadata_json(metadata, "config", path)
+    metrics = path.parent.parent / "metrics.jsonl"
+    records = read_records(metrics) if path.parent.name == "checkpoints" and metrics.is_file() else []
+    return timmdir.run_summary(config if isinstance(config, dict) else {}, metadata.get("continued_from"), records)

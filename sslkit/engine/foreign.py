@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 
 from sslkit.settings import MAX_IMG_SIZE
+from sslkit.engine import releases
 from sslkit.engine.picklescan import check_torch_file
+from sslkit.engine.releases import Release
 from sslkit.errors import UsageError
 
 SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt")
@@ -245,12 +248,22 @@ NOT_BACKBONE = ("head.", "decoder", "mask_token", "fc.")  # heads, MAE's decoder
 RESNET_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 
 
-def backbone_state(data: dict, checkpoint_key: str, path: Path) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Backbone:
+    """A file's backbone: its tensors in timm names, and the DINOv2 / DINOv3 release they are when the file has
+    a release's own layout."""
+
+    state: dict[str, torch.Tensor]
+    release: Release | None = None
+
+
+def backbone(data: dict, checkpoint_key: str, path: Path) -> Backbone:
     """The backbone's tensors in timm names: from the ``teacher`` / ``student`` / ``model`` / ``state_dict``
     entry when the file has one (for Lightning files the momentum or online backbone), with DDP's ``module.``
-    and DINO's ``backbone.`` prefixes stripped and heads, decoders and classifiers dropped."""
+    and DINO's ``backbone.`` prefixes stripped and heads, decoders and classifiers dropped. A released DINOv2 or
+    DINOv3 file is converted to its timm model's names by timm's own filter (sslkit.engine.releases)."""
     if is_lightning(data):
-        return _lightning_backbone(data["state_dict"], checkpoint_key, path)
+        return Backbone(_lightning_backbone(data["state_dict"], checkpoint_key, path))
     for key in (checkpoint_key, "model", "state_dict"):
         if isinstance(data.get(key), dict):
             data = data[key]
@@ -260,10 +273,18 @@ def backbone_state(data: dict, checkpoint_key: str, path: Path) -> dict[str, tor
         for prefix in ("module.", "backbone."):
             name = name.removeprefix(prefix)
         state[name] = value
+    release = releases.recognise(state, path)
+    if release is not None:
+        return Backbone(releases.to_timm(state, release), release)
     state = _without_heads(state)
     if not state:
         raise UsageError(f"{path} holds no tensors under '{checkpoint_key}', 'model' or 'state_dict'")
-    return state
+    return Backbone(state)
+
+
+def backbone_state(data: dict, checkpoint_key: str, path: Path) -> dict[str, torch.Tensor]:
+    """:func:`backbone`'s tensors."""
+    return backbone(data, checkpoint_key, path).state
 
 
 def _tensors(data: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -332,18 +353,30 @@ def vit_options(state: dict[str, torch.Tensor]) -> dict:
     return {}
 
 
-def native_img_size(state: dict[str, torch.Tensor], path: Path | str = "the model file") -> int:
-    """The image side a ViT state dict's position embedding was made for (224 for conv nets), refused unless
-    plausible (:func:`plausible_img_size`)."""
+def native_img_size(state: dict[str, torch.Tensor], path: Path | str = "the model file",
+                    arch: str | None = None) -> int:
+    """The image side a ViT state dict's position embedding was made for, refused unless it is a square grid of
+    a plausible size (:func:`plausible_img_size`). Without a position table (conv nets, RoPE ViTs such as
+    DINOv3) the input size of timm's config for ``arch``, else 224."""
     if "pos_embed" not in state or "patch_embed.proj.weight" not in state:
-        return 224
+        return _config_img_size(arch) if arch and "patch_embed.proj.weight" in state else 224
     pos_embed, weight, reg = state["pos_embed"], state["patch_embed.proj.weight"], state.get("reg_token")
     if pos_embed.ndim != 3 or weight.ndim != 4:
         raise UsageError(f"{path}: pos_embed {list(pos_embed.shape)} and patch_embed.proj.weight "
                          f"{list(weight.shape)} are not the shapes of a ViT's")
     prefix = int("cls_token" in state) + (reg.shape[1] if reg is not None and reg.ndim == 3 else 0)
-    side = math.isqrt(max(pos_embed.shape[1] - prefix, 0)) * weight.shape[-1]
-    return plausible_img_size(side, path, "its position embedding's image side")
+    positions = pos_embed.shape[1]
+    for covered in (prefix, 0):  # the CLS and register positions, unless the table covers the patches alone
+        side = math.isqrt(max(positions - covered, 0))
+        if side and side * side == positions - covered:
+            return plausible_img_size(side * weight.shape[-1], path, "its position embedding's image side")
+    raise UsageError(f"{path}: pos_embed holds {positions} positions, which are not {prefix} prefix tokens and a "
+                     "square grid of patches")
+
+
+def _config_img_size(arch: str) -> int:
+    cfg = timm.models.get_pretrained_cfg(arch) if timm.is_model(arch) else None
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
 
 
 # ---------------------------------------------------------------- the architecture
@@ -359,6 +392,9 @@ VIT_SIZES = {192: ("tiny", 12), 384: ("small", 12), 768: ("base", 12), 1024: ("l
 def infer_vit_arch(state: dict[str, torch.Tensor], path: Path) -> str:
     """The timm name of the ViT a state dict fits, from its width, depth and patch size (DINO and MAE release
     ViT-S/B/L/H with patch 8, 14 or 16). The heads are not stored; timm's model of that width sets them."""
+    released = releases.timm_arch(state)  # timm's own DINOv2 / DINOv3 files
+    if released is not None:
+        return released
     weight = state.get("patch_embed.proj.weight")
     if weight is None or weight.shape[0] not in VIT_SIZES:
         raise UsageError(f"cannot tell the architecture of {path}; name it with --arch (a timm model name)")

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from sslkit import console
-from sslkit.engine import checkpoint as ckpt, foreign
+from sslkit.engine import checkpoint as ckpt, foreign, timmdir
 from sslkit.errors import UsageError
 from sslkit.models.backbones import is_vit
+from sslkit.models.posembed import resampled
 
 
 @dataclass
@@ -33,35 +33,50 @@ class Weights:
     method: str | None = None  # the method ``extras`` belong to
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     licence: str | None = None
+    pos_resample: str = "timm"  # how the weights' position embedding meets the run's grid: as they were trained
 
 
 def read_weights(spec: str, checkpoint_key: str = "teacher", arch: str | None = None) -> Weights:
     """The weights of ``spec``: an sslkit run or checkpoint, an export, or another tool's file."""
     if spec.startswith(("timm:", "pixels:")):
         raise UsageError(f"--continue-from takes a weights file or a run directory, not {spec}")
+    folder = timmdir.folder_of(spec)
+    if folder is not None:  # a Hugging Face / timm model folder: a backbone alone
+        described, found = ckpt.read_timm_folder(folder)
+        metadata, state = ckpt.timm_folder_metadata(described), found.state
+        return Weights(described.weights, arch or described.arch, state, state, state,
+                       licence=metadata.get("licence"),
+                       pos_resample=ckpt.pos_resample(found.release, metadata.get("licence"), folder, metadata))
     path = ckpt.model_path(spec)
     if path.suffix in foreign.SUFFIXES:
         return _foreign_weights(path, checkpoint_key, arch)
     metadata = ckpt.raw_metadata(path)
-    if metadata.get("format") != ckpt.FORMAT:  # an export in timm names, or timm's own file
-        state = foreign.backbone_state(ckpt.read_tensors(path), checkpoint_key, path)
-        return Weights(path, arch or metadata.get("arch") or foreign.infer_arch(state, path), state, state, state,
-                       licence=metadata.get("licence"))
+    if metadata.get("format") != ckpt.FORMAT:  # an export in timm names, timm's own file, a release as safetensors
+        found = foreign.backbone(ckpt.read_tensors(path), checkpoint_key, path)
+        state, release = found.state, found.release
+        licence = release.licence if release else metadata.get("licence")
+        arch = arch or metadata.get("arch") or (release.arch if release else foreign.infer_arch(state, path))
+        return Weights(path, arch, state, state, state, licence=licence,
+                       pos_resample=ckpt.pos_resample(release, licence, path, metadata))
     model = ckpt.read_tensors(path, "model.")  # once: the backbones are slices of it
 
     def backbone(key: str) -> dict[str, torch.Tensor]:
         prefix = ckpt.backbone_network(path, metadata, key)[1] + "."
         return {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
 
+    imported = metadata.get("method") == "none"  # an export of imported weights keeps their resampling
+    how = ckpt.pos_resample(None, metadata.get("licence") if imported else None, path, metadata)
     return Weights(path, arch or metadata["arch"], backbone(checkpoint_key), backbone("student"),
-                   backbone("teacher"), metadata["method"], model, metadata.get("licence"))
+                   backbone("teacher"), metadata["method"], model, metadata.get("licence"), how)
 
 
 def _foreign_weights(path: Path, checkpoint_key: str, arch: str | None) -> Weights:
     data = foreign.read_torch_file(path)
-    chosen = foreign.backbone_state(data, checkpoint_key, path)
-    weights = Weights(path, arch or foreign.infer_arch(chosen, path), chosen, chosen, chosen,
-                      licence=foreign.licence(data))
+    found = foreign.backbone(data, checkpoint_key, path)
+    chosen, release = found.state, found.release
+    licence = release.licence if release else foreign.licence(data)
+    weights = Weights(path, arch or (release.arch if release else foreign.infer_arch(chosen, path)), chosen, chosen,
+                      chosen, licence=licence, pos_resample=ckpt.pos_resample(release, licence, path, {}))
     if foreign.is_dino_training(data):
         weights.student = foreign.backbone_state(data, "student", path)
         weights.teacher = foreign.backbone_state(data, "teacher", path)
@@ -88,7 +103,7 @@ def warm_start(method: nn.Module, weights: Weights, allow_partial: bool = False)
         state = weights.chosen
         if same_method:
             state = weights.teacher if role == "teacher" else weights.student
-        load_backbone_into(getattr(method, attr), state, weights.source, allow_partial)
+        load_backbone_into(getattr(method, attr), state, weights.source, allow_partial, weights.pos_resample)
     with torch.no_grad():
         for name, value in fixed.items():  # functions of the run's patch grid, whatever the file holds
             target[name].copy_(value)
@@ -117,14 +132,15 @@ def warm_start(method: nn.Module, weights: Weights, allow_partial: bool = False)
     return report
 
 
-def load_backbone_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path, allow_partial: bool) -> None:
-    """A backbone state dict into a run's backbone, a ViT's position embedding resampled to the run's grid."""
+def load_backbone_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path, allow_partial: bool,
+                       pos_resample: str = "timm") -> None:
+    """A backbone state dict into a run's backbone, a ViT's position embedding resampled to the run's grid the
+    way the weights were trained (:func:`sslkit.engine.checkpoint.pos_resample`)."""
     own = module.state_dict()
     if is_vit(module) and "pos_embed" in state and "pos_embed" in own and \
             state["pos_embed"].shape != own["pos_embed"].shape:
-        state = {**state, "pos_embed": resample_abs_pos_embed(
-            state["pos_embed"], new_size=list(module.patch_embed.grid_size),
-            num_prefix_tokens=module.num_prefix_tokens, verbose=False)}
+        grid = tuple(module.patch_embed.grid_size)
+        state = {**state, "pos_embed": resampled(module, state["pos_embed"], grid, pos_resample)}
     ckpt.load_weights(module, state, source, allow_partial)
 
 

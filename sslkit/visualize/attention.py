@@ -23,7 +23,6 @@ from torch import nn
 
 from sslkit import console
 from sslkit.data.folders import decoded
-from sslkit.engine import foreign
 from sslkit.engine.checkpoint import LoadedBackbone, load_backbone
 from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
@@ -97,24 +96,12 @@ def dino_embed(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return backbone.norm_pre(backbone.patch_drop(backbone.pos_drop(tokens)))
 
 
-def official_dino(loaded: LoadedBackbone) -> bool:
-    """Whether ``loaded`` holds weights of an official DINO release, as imported (not trained further by
-    sslkit): a DINO training checkpoint (or an ``sslkit export`` of one, which keeps its licence), or a
-    backbone-only file under its release name (``dino_deitsmall16_pretrain.pth`` and the like; not DINOv2's
-    ``dinov2_*``)."""
-    if loaded.method not in ("", "none"):  # "none": an export of imported weights
-        return False
-    if loaded.licence == foreign.DINO_LICENCE:
-        return True
-    source = Path(loaded.source)
-    return source.suffix in foreign.SUFFIXES and source.name.lower().startswith("dino_")
-
-
 def choose_pos_resample(loaded: LoadedBackbone, requested: str | None = None) -> str:
-    """``requested`` (dino or timm), or by default dino for official DINO weights (:func:`official_dino`): they
-    were trained, local crops included, with DINO's resampling; timm for everything else."""
+    """``requested`` (dino or timm), or by default the way the weights were trained (``loaded.pos_resample``,
+    sslkit.engine.checkpoint.pos_resample): dino for official DINO weights and DINOv2's without registers, local
+    crops included; timm for everything else, DINOv2's with registers and sslkit runs included."""
     if requested is None:
-        return "dino" if official_dino(loaded) else "timm"
+        return loaded.pos_resample
     choice("pos_resample", requested, RESAMPLINGS)
     if requested == "dino" and getattr(loaded.module, "pos_embed", None) is None:
         raise UsageError(f"{loaded.source} has no learned position embedding; --pos-resample dino does not apply")

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sslkit import config as cfg, console
 from sslkit.data.folders import decoded
-from sslkit.engine import checkpoint as ckpt, foreign
+from sslkit.engine import checkpoint as ckpt, foreign, releases, timmdir
 from sslkit.engine.device import resolve_device
 from sslkit.errors import UsageError
 from sslkit.files import OutputFolder, unique_names
@@ -40,6 +40,9 @@ def load_mae(spec: str, norm_pix: bool | None = None) -> tuple[MAE, str]:
     ``norm_pix``: whether the model predicts per-patch-normalised pixels (default: an sslkit run's setting; for
     ``.pth`` files, false for the pixel-loss ``visualize`` checkpoints and true otherwise).
     """
+    if timmdir.folder_of(spec) is not None:
+        raise UsageError(f"{spec} is a timm model folder, a backbone without MAE's decoder; reconstructions need "
+                         f"{DECODER_FILES}")
     path = Path(spec)
     if path.is_dir():
         path = path / "checkpoints" / "last.safetensors"
@@ -59,7 +62,12 @@ def load_mae(spec: str, norm_pix: bool | None = None) -> tuple[MAE, str]:
 
 
 def _load_official(path: Path, norm_pix: bool | None) -> tuple[MAE, str]:
-    state = foreign.mae_state(foreign.read_torch_file(path))
+    data = foreign.read_torch_file(path)
+    family = releases.released_family(data)
+    if family is not None:
+        raise UsageError(f"{path} is a {family} release, a backbone without MAE's decoder; reconstructions need "
+                         f"{DECODER_FILES}")
+    state = foreign.mae_state(data)
     if "decoder_embed.weight" not in state:
         raise UsageError(f"{path} holds an MAE encoder without its decoder; reconstructions need {DECODER_FILES}")
     encoder = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}

@@ -15,6 +15,9 @@ from safetensors.torch import save_file
 
 from tests.cli.conftest import assert_usage_error
 from tests.conftest import make_folder
+from sslkit.engine import releases
+from sslkit.errors import UsageError
+from tests.engine.test_releases import released_file
 from tests.engine.test_untrusted_files import Calls, zip_bomb
 
 IMPLAUSIBLE = "metadata img_size 2000000 is not a plausible image size (a whole number of pixels from 1 to 8192)"
@@ -101,3 +104,27 @@ def test_a_named_pipe_as_model_is_refused_at_once(sslkit_cli, files, tmp_path, n
         result, overran = run_with_deadline(sslkit_cli, pipe, *args)
         assert not overran, f"sslkit {' '.join(map(str, args))} waited on a named pipe"
         assert_usage_error(result, f"{pipe} is not a regular file (a pipe, socket or device)")
+
+
+def test_a_file_that_is_almost_a_release_is_refused_in_one_line(sslkit_cli, tmp_path):
+    layout, _ = released_file("vit_small_patch14_dinov2", 28)
+    v3, _ = released_file("vit_small_patch16_dinov3", 32)
+    cases = {
+        "truncated": ({**layout, "blocks.3.attn.qkv.weight": layout["blocks.3.attn.qkv.weight"][:1000]},
+                      "(DINOv2 ViT-S/14) does not fit the backbone (wrong shape: blocks.3.attn.qkv.weight)"),
+        "last-block": ({k: v for k, v in layout.items() if not k.startswith("blocks.11.")},
+                       "has the layout of DINOv2 ViT-S/14 but 11 blocks, where DINOv2 ViT-S/14 has 12"),
+        "middle-block": ({k: v for k, v in layout.items() if not k.startswith("blocks.5.")}, "no tensors of block 5"),
+        "patch16": ({**layout, "patch_embed.proj.weight": torch.zeros(384, 3, 16, 16)},
+                    "DINOv2's layout with 16 x 16 patches; DINOv2's released models (timm's *_dinov2) have 14 x 14"),
+        "registers": ({**layout, "register_tokens": torch.zeros(1, 3, 384)}, "register_tokens of shape [1, 3, 384]"),
+        "grid": ({**layout, "pos_embed": layout["pos_embed"][:, :3]}, "pos_embed [1, 3, 384] is not [1, 1 + side^2"),
+        "key-bias": ({k: v for k, v in v3.items() if k != "blocks.0.attn.qkv.bias_mask"},
+                     "blocks.0.attn.qkv.bias has a key bias that no bias_mask zeroes"),
+    }
+    for case, (state, message) in cases.items():
+        torch.save(state, tmp_path / f"{case}.pth")
+        assert_usage_error(sslkit_cli.run("probe", "knn", tmp_path / f"{case}.pth", "--train", tmp_path,
+                                          "--val", tmp_path), message)
+    with pytest.raises(UsageError, match="DINOv3's ViTs are ViT-S/16"):
+        releases.recognise({**v3, "patch_embed.proj.weight": torch.zeros(512, 3, 16, 16)}, "x")

@@ -18,6 +18,7 @@ from sslkit.errors import Interrupted, UsageError
 from sslkit.methods.byol import BYOL
 from sslkit.methods.dino import DINO
 from sslkit.methods.mae import MAE, sincos_2d
+from sslkit.models.posembed import dino_resample_pos_embed
 from tests.conftest import TINY_BYOL, interrupt_at
 from tests.engine.test_interop import dino_training_checkpoint
 
@@ -41,9 +42,11 @@ def test_dino_training_checkpoint_continues_dino_with_heads_centre_and_a_resampl
     assert report["fresh"] == [] and report["not_fitting"] == [] and report["licence"] == foreign.DINO_LICENCE
     assert equal_state(model.backbone, student.state_dict(), skip=("pos_embed",))
     assert equal_state(model.teacher, teacher.state_dict(), skip=("pos_embed",))
-    # 64 px (4 x 4 patches) in the file, 32 px (2 x 2) in the run: resampled as timm resamples
-    expected = resample_abs_pos_embed(student.state_dict()["pos_embed"], new_size=[2, 2], num_prefix_tokens=1)
+    # 64 px (4 x 4 patches) in the file, 32 px (2 x 2) in the run: resampled as DINO resamples its own weights
+    expected = dino_resample_pos_embed(student.state_dict()["pos_embed"], (2, 2))
     assert torch.equal(model.backbone.pos_embed, expected)
+    timms = resample_abs_pos_embed(student.state_dict()["pos_embed"], new_size=[2, 2], num_prefix_tokens=1)
+    assert not torch.allclose(model.backbone.pos_embed, timms, atol=1e-4)
     assert equal_state(model.head, {k[len("head."):]: v for k, v in head.items()})
     assert equal_state(model.teacher_head, {k[len("head."):]: v for k, v in teacher_head.items()})
     saved = torch.load(path, weights_only=False)
