@@ -16,7 +16,7 @@ from sslkit.config import ContinueConfig, TrainConfig
 from sslkit.data.copybench import make_benchmark
 from sslkit.data.folders import image_files
 from sslkit.data.loader import default_workers
-from sslkit.engine.checkpoint import export_backbone, load_backbone
+from sslkit.engine.checkpoint import export_backbone, load_backbone, timm_call
 from sslkit.engine.modelinfo import model_info
 from sslkit.engine.settings import ExportConfig, InfoConfig
 from sslkit.errors import UsageError
@@ -24,6 +24,7 @@ from sslkit.evaluate.copydetect import run_copy_detection
 from sslkit.evaluate.knn import run_knn_probe
 from sslkit.evaluate.linear import run_linear_probe
 from sslkit.evaluate.settings import BenchmarkConfig, CopyDetectConfig, KNNConfig, LinearConfig
+from sslkit.files import check_output_folder
 from sslkit.methods import METHODS
 from sslkit.methods.finetune_run import run_finetuning
 from sslkit.methods.pretrain import run_pretraining
@@ -113,20 +114,26 @@ def make_copy_benchmark(source: str | Path, out: str | Path, *, workers: int | N
 
 
 def export(model: str, out: str | Path, **settings) -> dict:
-    """Write ``model``'s backbone to the safetensors file ``out``: in timm names (``format="timm"``), which
-    ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=out), num_classes=0)`` loads, or
-    as an sslkit checkpoint of the backbone alone (``"sslkit"``). ``settings``: ``format``, ``checkpoint_key``,
-    ``arch``, ``img_size``, ``allow_partial``, ``licence`` (sslkit.engine.settings.ExportConfig). Returns what was
-    written."""
+    """Write ``model``'s backbone to ``out``: the safetensors file ``out`` in timm names (``format="timm"``),
+    which ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=out), num_classes=0)``
+    loads; an sslkit checkpoint of the backbone alone (``"sslkit"``); or the Hugging Face / timm model folder
+    ``out`` (``"timm-dir"``: config.json, model.safetensors, README.md), which
+    ``timm.create_model("local-dir:OUT", pretrained=True)`` loads and ``hf upload`` publishes. ``settings``:
+    ``format``, ``checkpoint_key``, ``arch``, ``img_size``, ``allow_partial``, ``licence``, ``force``
+    (sslkit.engine.settings.ExportConfig). Returns what was written, and the line that builds it in timm."""
     options, out = ExportConfig(**_given(settings)), Path(out)
-    if out.suffix != ".safetensors":
-        raise UsageError(f"--out must name a .safetensors file, not {out}")
+    if options.format == "timm-dir":
+        check_output_folder(out, "--out")
+        if out.suffix == ".safetensors":
+            raise UsageError(f"--format timm-dir writes a folder; --out {out} names a .safetensors file")
+    elif out.suffix != ".safetensors" or out.is_dir():
+        raise UsageError(f"--out must name a .safetensors file, not {out} (--format timm-dir writes a folder)")
     loaded = load_backbone(str(model), options.checkpoint_key, options.img_size, arch=options.arch,
                            allow_partial=options.allow_partial)
-    metadata = export_backbone(loaded, out, options.format, options.licence)
+    metadata = export_backbone(loaded, out, options.format, options.licence, options.force)
     parameters = sum(p.numel() for p in loaded.module.parameters())
     return {"model": str(model), "description": loaded.description, "out": str(out), "format": options.format,
-            "parameters": parameters, **metadata}
+            "parameters": parameters, **metadata, "timm": timm_call(loaded, out, options.format)}
 
 
 def info(model: str, **settings) -> dict:

@@ -256,16 +256,16 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping. A run's record of what it
-    decided (``decided``: the precision ``auto`` resolved to) is not a setting and stays out, and so do the
-    one-shot actions (``force``, ``resume``, ``dry_run``): a file never repeats them."""
+    """Settings sections (``train``, ``byol``, ...) merged into one flat mapping. A run's records of what it
+    decided (``decided``: the precision ``auto`` resolved to) and found (``num_images``) are not settings and
+    stay out, and so do the one-shot actions (``force``, ``resume``, ``dry_run``): a file never repeats them."""
     return {k: v for k, v in _merged(data).items() if k not in ONE_SHOT}
 
 
 def _merged(data: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "decided":
+        if key in RECORDS:
             continue
         if isinstance(value, dict):
             flat.update(value)
@@ -275,6 +275,7 @@ def _merged(data: dict[str, Any]) -> dict[str, Any]:
 
 
 ONE_SHOT = {"force", "resume", "dry_run"}
+RECORDS = ("decided", "num_images")  # what a run's config.json records of the run, beside its settings
 
 
 def recorded(run_config: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,10 @@ from sslkit.settings import Settings, one_of, pixels, setting
 class ExportConfig(Settings):
     """sslkit export: a backbone written as a safetensors file (sslkit.engine.checkpoint.export_backbone)."""
 
-    format: str = setting("timm", "timm (a plain state dict in timm names, default) or sslkit (an sslkit checkpoint "
-                                  "of the backbone alone).", flags=("--format",), cli_default=True)
+    format: str = setting("timm", "timm (a plain state dict in timm names, default), sslkit (an sslkit checkpoint of "
+                                  "the backbone alone) or timm-dir (a Hugging Face / timm model folder: config.json, "
+                                  "model.safetensors and a README.md model card).", flags=("--format",),
+                          cli_default=True)
     checkpoint_key: str = setting("teacher", "teacher (the EMA network, default) or student.", check=one_of(*KEYS),
                                   cli_default=True)
     arch: str | None = setting(None, "timm name of a .pth file's model (inferred for ViTs).")
@@ -22,6 +24,8 @@ class ExportConfig(Settings):
                                         "weights' when known, e.g. MAE's CC-BY-NC-4.0).")
     img_size: int | None = setting(None, "ViTs: resample the position embedding for this image size (default: the "
                                          "trained size).", check=pixels)
+    force: bool = setting(False, "--format timm-dir: write into an --out folder that holds files sslkit did not write "
+                                 "there; they are never overwritten (sslkit refuses instead).", flags=("--force",))
 
 
 @dataclass(frozen=True)

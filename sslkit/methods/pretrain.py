@@ -45,7 +45,8 @@ def run_pretraining(method: str, data: Path, out: Path, values: dict, *, resume:
     provenance = _continue(model, weights, start.allow_partial) if weights else {}
     source, decided = training_data(dataset, model.train_views, model.train_transform, train,
                                     resolve_device(train.device), saved=rundir.decided(out) if resume else None)
-    run_config = {**PretrainConfig(method, str(data), str(out), train, options, start).to_dict(), "decided": decided}
+    run_config = {**PretrainConfig(method, str(data), str(out), train, options, start).to_dict(),
+                  "num_images": len(dataset), "decided": decided}
     if dry_run:
         return dryrun.plan(f"pretrain {method}", train, run_config, len(source), out, model,
                            saved=dryrun.saved_metadata(out) if resume else None, refusal=refusal)
