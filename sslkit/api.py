@@ -126,7 +126,9 @@ def export(model: str, out: str | Path, **settings) -> dict:
         check_output_folder(out, "--out")
         if out.suffix == ".safetensors":
             raise UsageError(f"--format timm-dir writes a folder; --out {out} names a .safetensors file")
-    elif out.suffix != ".safetensors" or out.is_dir():
+    elif out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a .safetensors file, or --format timm-dir for a model folder")
+    elif out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, not {out} (--format timm-dir writes a folder)")
     loaded = load_backbone(str(model), options.checkpoint_key, options.img_size, arch=options.arch,
                            allow_partial=options.allow_partial)
