@@ -247,11 +247,11 @@ def _load_foreign(found: foreign.Backbone, path: Path, img_size: int | None, arc
     state, release = found.state, found.release
     arch = arch or (release.arch if release else foreign.infer_arch(state, path))
     native = foreign.native_img_size(state, path, arch)
-    module = create_backbone(arch, native, **foreign.vit_options(state), **vit_options)
+    module = create_backbone(arch, native, **{**foreign.vit_options(state), **vit_options})
     load_weights(module, state, path, allow_partial, f"{path} ({release.name})" if release else None)
     licence = release.licence if release else licence
     how = pos_resample(release, licence, path, metadata)
-    if img_size and img_size != native and is_vit(module) and "dynamic_img_size" not in vit_options:
+    if img_size and img_size != native and is_vit(module) and not vit_options.get("dynamic_img_size"):
         set_img_size(module, img_size, how)
     if release:
         set_normalization(module, release.cfg["mean"], release.cfg["std"])

@@ -46,7 +46,7 @@ def model_info(spec: str, checkpoint_key: str = "teacher", arch: str | None = No
     else:
         size = foreign.native_img_size(state, path, arch)
     with torch.device("meta"):  # shapes only: a ViT-g is described without 4.5 GB of weights
-        module = create_backbone(arch, size, **foreign.vit_options(state), **metadata.get("model_args", {}))
+        module = create_backbone(arch, size, **{**foreign.vit_options(state), **metadata.get("model_args", {})})
     if release is not None:
         set_normalization(module, release.cfg["mean"], release.cfg["std"])
     ckpt.set_exported_normalization(module, metadata, path)

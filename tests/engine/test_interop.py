@@ -127,6 +127,10 @@ def test_mae_finetuned_file_keeps_its_fc_norm_and_average_pools(tmp_path):
                                    pretrained_cfg_overlay=dict(file=str(out))).eval()
     with torch.no_grad():
         assert torch.equal(timm_model(x), loaded.module(x))
+    api.export(str(tmp_path / "mae_finetuned_vit_tiny.pth"), tmp_path / "folder", format="timm-dir")
+    folder = ckpt.load_backbone(str(tmp_path / "folder"))  # its config's global_pool and the file's fc_norm agree
+    with torch.no_grad():
+        assert folder.module.global_pool == "avg" and torch.equal(folder.module(x), loaded.module(x))
 
 
 # ---------------------------------------------------------------- timm and torchvision
