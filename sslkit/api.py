@@ -16,7 +16,8 @@ from sslkit.config import ContinueConfig, TrainConfig
 from sslkit.data.copybench import make_benchmark
 from sslkit.data.folders import image_files
 from sslkit.data.loader import default_workers
-from sslkit.engine.checkpoint import export_backbone, load_backbone, timm_call
+from sslkit.engine.checkpoint import load_backbone
+from sslkit.engine.export import export_backbone, timm_call
 from sslkit.engine.modelinfo import model_info
 from sslkit.engine.settings import ExportConfig, InfoConfig
 from sslkit.errors import UsageError

@@ -10,7 +10,7 @@ from sslkit.settings import Settings, one_of, pixels, setting
 
 @dataclass(frozen=True)
 class ExportConfig(Settings):
-    """sslkit export: a backbone written as a safetensors file (sslkit.engine.checkpoint.export_backbone)."""
+    """sslkit export: a backbone written as a safetensors file (sslkit.engine.export.export_backbone)."""
 
     format: str = setting("timm", "timm (a plain state dict in timm names, default), sslkit (an sslkit checkpoint of "
                                   "the backbone alone) or timm-dir (a Hugging Face / timm model folder: config.json, "

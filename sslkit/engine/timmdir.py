@@ -170,7 +170,7 @@ def model_card(config: dict, run: dict) -> str:
               'model = timm.create_model("local-dir:THIS_FOLDER", pretrained=True)  # or "hf-hub:USER/NAME"',
               "model.eval()", "config = timm.data.resolve_data_config(model=model)",
               "transform = timm.data.create_transform(**config)  # then features = model(transform(image)[None])",
-              "```", "", f"With sslkit: `sslkit probe knn THIS_FOLDER --train DIR --val DIR`.", "",
+              "```", "", "With sslkit: `sslkit probe knn THIS_FOLDER --train DIR --val DIR`.", "",
               "## Training", "", "| | |", "|---|---|"]
     rows = {"method": method, "images": run.get("num_images"), "epochs": run.get("epochs"),
             "steps": sslkit.get("step") or None, "image size": config["pretrained_cfg"]["input_size"][-1],
