@@ -262,7 +262,7 @@ def _load_foreign(found: foreign.Backbone, path: Path, img_size: int | None, arc
     if release:
         set_normalization(module, release.cfg["mean"], release.cfg["std"])
     set_exported_normalization(module, metadata, path)
-    name = release.name if release else metadata.get("release", "")
+    name = release.name if release else console.printable(metadata.get("release", ""))
     description = f"{path.name} ({name + ', ' if name else ''}{arch})"
     return LoadedBackbone(module, arch, img_size or native, description, str(path), licence=licence, release=name,
                           pos_resample=how)

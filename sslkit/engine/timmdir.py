@@ -19,7 +19,7 @@ from pathlib import Path
 import timm
 import torch
 
-from sslkit import __version__
+from sslkit import __version__, console
 from sslkit.engine import foreign
 from sslkit.errors import UsageError
 from sslkit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -86,8 +86,9 @@ def read_folder(folder: Path) -> TimmFolder:
         raise UsageError(f"{folder} holds no {WEIGHTS} (nor {TORCH_WEIGHTS})")
     kept = {k: v for k, v in args.items() if k in ("global_pool", "dynamic_img_size")}
     provenance = config.get("sslkit") if isinstance(config.get("sslkit"), dict) else {}
-    return TimmFolder(folder, weights, arch, kept, img_size, tuple(mean), tuple(std),
-                      {k: str(v) for k, v in provenance.items() if isinstance(v, (str, int, float))})
+    # shown on the terminal (a description, a licence): one printable line each, never an escape sequence
+    shown = {k: console.printable(str(v))[:1000] for k, v in provenance.items() if isinstance(v, (str, int, float))}
+    return TimmFolder(folder, weights, arch, kept, img_size, tuple(mean), tuple(std), shown)
 
 
 def _config(folder: Path) -> dict:

@@ -133,3 +133,13 @@ def test_a_hostile_folder_config_is_one_line(tmp_path, config, message):
     (tmp_path / "config.json").write_text("[" * 100_000)
     with pytest.raises(UsageError, match="is not readable JSON"):
         timmdir.read_folder(tmp_path)
+
+
+def test_a_folders_provenance_is_shown_as_one_printable_line(byol_run, tmp_path):
+    out = tmp_path / "export"
+    sslkit.export(byol_run / "run", out, format="timm-dir")
+    config = json.loads((out / "config.json").read_text())
+    config["sslkit"]["release"] = "evil\x1b[2J\nrelease"
+    (out / "config.json").write_text(json.dumps(config))
+    loaded = ckpt.load_backbone(str(out))
+    assert loaded.release == "evil\\x1b[2J\\nrelease" and "\x1b" not in loaded.description
